@@ -1,0 +1,15 @@
+"""tensor: a small reverse-mode autograd engine on NumPy (CPU) or CuPy (CUDA).
+
+Reading order: backend.py (numpy or cupy), tensor.py (the Tensor and backward), then the
+ops: elementwise.py, reduce.py, movement.py, matmul.py, and the fused ops gathered in
+functional.py (softmax.py, layernorm.py, gelu.py, embedding.py, cross_entropy.py).
+gradcheck.py checks every backward against finite differences.
+
+    from tensor import Tensor, no_grad
+    import tensor.functional as F
+"""
+from . import functional
+from .backend import cuda_available, manual_seed
+from .tensor import Tensor, detect_anomaly, no_grad
+
+__all__ = ["Tensor", "no_grad", "detect_anomaly", "functional", "manual_seed", "cuda_available"]

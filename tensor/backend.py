@@ -1,0 +1,93 @@
+"""The one place that decides which array library runs the math.
+
+`xp` is the usual name for "numpy or cupy": every op in tensor/ is written against the
+array-module interface the two share, so the same code runs on the CPU and on a GPU.
+
+    device "cpu"  -> numpy
+    device "cuda" -> cupy   (pip install "tinygrad_gpt[cuda]"; needs an NVIDIA GPU)
+"""
+import numpy as np
+
+try:  # CuPy is optional: importing it must never break the CPU path.
+    import cupy as _cupy
+except Exception:  # ImportError, or a CuPy build that fails to load its CUDA libraries
+    _cupy = None
+
+DEVICES = ("cpu", "cuda")
+
+
+def cuda_available():
+    """True when CuPy is importable and can see at least one GPU."""
+    if _cupy is None:
+        return False
+    try:
+        return _cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def check_device(device):
+    """Normalize a device name ('cpu', 'cuda', 'cuda:0') and fail clearly if it cannot run."""
+    name = "cpu" if device is None else str(device).lower()
+    if name.startswith("cuda"):
+        name = "cuda"
+    if name not in DEVICES:
+        raise ValueError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
+    if name == "cuda" and not cuda_available():
+        if _cupy is None:
+            raise RuntimeError("device 'cuda' needs CuPy: pip install \"tinygrad_gpt[cuda]\" "
+                               "(cupy-cuda12x for CUDA 12), or use device='cpu'")
+        raise RuntimeError("device 'cuda' asked for, but CuPy sees no GPU: "
+                           "check nvidia-smi and the driver, or use device='cpu'")
+    return name
+
+
+def get_xp(device):
+    """The array module for a device: numpy for 'cpu', cupy for 'cuda'."""
+    return _cupy if device == "cuda" else np
+
+
+def device_of(array):
+    """'cuda' for a CuPy array, 'cpu' for anything else."""
+    if _cupy is not None and isinstance(array, _cupy.ndarray):
+        return "cuda"
+    return "cpu"
+
+
+def xp_of(array):
+    """The array module an array belongs to."""
+    return get_xp(device_of(array))
+
+
+def to_numpy(array):
+    """A NumPy copy (or the array itself) of a NumPy or CuPy array."""
+    if _cupy is not None and isinstance(array, _cupy.ndarray):
+        return _cupy.asnumpy(array)
+    return np.asarray(array)
+
+
+def to_device(array, device):
+    """Move an array to a device ('cpu' or 'cuda'); a no-op when it is already there."""
+    device = check_device(device)
+    if device_of(array) == device:
+        return array
+    return _cupy.asarray(array) if device == "cuda" else _cupy.asnumpy(array)
+
+
+_seed = None        # the last manual_seed, or None for fresh OS entropy
+_generators = {}    # device -> random generator, created lazily from _seed
+
+
+def manual_seed(seed):
+    """Seed the random generators used by dropout (and anything else that draws in tensor/)."""
+    global _seed
+    _seed = int(seed)
+    _generators.clear()
+
+
+def generator(device):
+    """The random generator for a device, created on first use from the last manual_seed."""
+    if device not in _generators:
+        xp = get_xp(device)
+        _generators[device] = xp.random.default_rng(_seed)
+    return _generators[device]

@@ -1,0 +1,42 @@
+"""Cross-entropy loss from logits, fused with log_softmax and the mean over positions.
+
+Forward, for each kept row i (target t_i != ignore_index) of N_kept rows:
+    loss = mean_i ( logsumexp(x_i) - x_i[t_i] ) = mean_i ( -log softmax(x_i)[t_i] )
+
+Backward: d loss / d x_i = (softmax(x_i) - onehot(t_i)) / N_kept, and 0 for ignored rows.
+Fusing the three steps avoids ever forming log-probabilities for the whole vocabulary twice,
+and the backward is one subtraction on the saved probabilities.
+"""
+from .tensor import Tensor, make
+
+
+def cross_entropy(logits, targets, ignore_index=-1):
+    """loss = mean(-log softmax(logits)[target]);   dlogits = (probs - onehot) * dy / N_kept"""
+    xp = logits.xp
+    V = logits.shape[-1]
+    targets = targets.data if isinstance(targets, Tensor) else xp.asarray(targets)
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"cross_entropy: targets of shape {targets.shape} do not match "
+                         f"logits of shape {logits.shape} (expected {logits.shape[:-1]})")
+    x = logits.data.reshape(-1, V)                                # (N, V)
+    t = targets.reshape(-1)                                       # (N,)
+    keep = t != ignore_index                                      # (N,)
+    t = xp.where(keep, t, 0)
+    if t.size and (int(t.min()) < 0 or int(t.max()) >= V):
+        raise IndexError(f"cross_entropy: targets must be in [0, {V}) or ignore_index "
+                         f"({ignore_index}), got values from {int(t.min())} to {int(t.max())}")
+    rows = xp.arange(x.shape[0])
+    shifted = x - x.max(axis=1, keepdims=True)                    # (N, V), max 0 per row
+    probs = xp.exp(shifted)
+    sum_exp = probs.sum(axis=1, keepdims=True)                    # (N, 1)
+    probs /= sum_exp                                              # softmax, saved for backward
+    nll = xp.log(sum_exp[:, 0]) - shifted[rows, t]                # (N,) = -log p[target]
+    n_kept = int(keep.sum())
+    loss = (nll * keep).sum() / n_kept if n_kept else xp.asarray(xp.nan, dtype=x.dtype)
+
+    def backward(dy):
+        scale = (keep * (dy / n_kept)).astype(x.dtype)            # (N,) 0 on ignored rows
+        dx = probs * scale[:, None]                               # (N, V)
+        dx[rows, t] -= scale
+        return (dx.reshape(logits.shape),)
+    return make(xp.asarray(loss, dtype=x.dtype), (logits,), "cross_entropy", backward)

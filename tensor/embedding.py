@@ -1,0 +1,42 @@
+"""Embedding lookup: rows of a weight table picked by integer ids, and its scatter-add backward.
+
+Forward:  y[..., :] = W[ids[...], :]                (ids (...), W (V, C) -> y (..., C))
+Backward: dW[v, :] = sum of dy[..., :] over every position where ids == v
+
+The backward is a scatter-add: an id used k times receives the sum of k gradient rows.
+On NumPy we sort the ids so equal ids sit together and sum each run with one
+`np.add.reduceat` (fast, unlike `np.add.at`); on CuPy, `cupyx.scatter_add` does it on the GPU.
+"""
+import numpy as np
+
+from .tensor import Tensor, make
+
+
+def embedding(ids, weight):
+    """y = W[ids];   dW = scatter-add of dy rows into the rows named by ids"""
+    ids = ids.data if isinstance(ids, Tensor) else weight.xp.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"embedding ids must be integers, got dtype {ids.dtype}")
+    V, C = weight.shape
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= V):
+        raise IndexError(f"embedding ids must be in [0, {V}), got values from "
+                         f"{int(ids.min())} to {int(ids.max())}")
+    y = weight.data[ids]                                          # (..., C)
+
+    def backward(dy):
+        return (scatter_add_rows(weight.xp, V, ids.reshape(-1), dy.reshape(-1, C)),)
+    return make(y, (weight,), "embedding", backward)
+
+
+def scatter_add_rows(xp, num_rows, ids, rows):
+    """out (num_rows, C) with out[ids[i]] += rows[i] for every i (ids may repeat)."""
+    out = xp.zeros((num_rows, rows.shape[1]), dtype=rows.dtype)
+    if xp is np:
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        run_starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
+        out[sorted_ids[run_starts]] = np.add.reduceat(rows[order], run_starts, axis=0)
+    else:
+        import cupyx
+        cupyx.scatter_add(out, ids, rows)
+    return out

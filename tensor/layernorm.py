@@ -1,0 +1,44 @@
+"""Layer normalization over the last axis, one fused op (the saved n and rstd are reused).
+
+Forward, per row x of length C:
+    mu = mean(x),  rstd = 1 / sqrt(var(x) + eps),  n = (x - mu) * rstd,  y = n * w + b
+
+Backward (dn = dy * w; means are over the row):
+    dx = rstd * (dn - mean(dn) - n * mean(dn * n))
+    dw = sum over rows of dy * n,   db = sum over rows of dy
+The dx line is the chain rule through n = (x - mu) * rstd: the two mean terms are what
+flows back through mu and through rstd (see docs/backprop.md for the three-line derivation).
+"""
+from .tensor import make
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5):
+    """y = (x - mean) / sqrt(var + eps) * weight + bias, over the last axis"""
+    xp = x.xp
+    C = x.shape[-1]
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and p.shape != (C,):
+            raise ValueError(f"layer_norm {name} has shape {p.shape}, expected ({C},) to match "
+                             f"the last axis of the input {x.shape}")
+    mu = x.data.mean(axis=-1, keepdims=True)                      # (..., 1)
+    centered = x.data - mu                                        # (..., C)
+    var = (centered * centered).mean(axis=-1, keepdims=True)      # (..., 1)
+    rstd = 1.0 / xp.sqrt(var + eps)                               # (..., 1)
+    n = centered * rstd                                           # (..., C)
+    y = n if weight is None else n * weight.data
+    if bias is not None:
+        y = y + bias.data
+    parents = tuple(t for t in (x, weight, bias) if t is not None)
+
+    def backward(dy):
+        rows = tuple(range(dy.ndim - 1))                          # every axis but the last
+        dn = dy if weight is None else dy * weight.data           # (..., C)
+        dx = rstd * (dn - dn.mean(axis=-1, keepdims=True)
+                     - n * (dn * n).mean(axis=-1, keepdims=True))
+        grads = [dx]
+        if weight is not None:
+            grads.append((dy * n).sum(axis=rows) if weight.requires_grad else None)
+        if bias is not None:
+            grads.append(dy.sum(axis=rows) if bias.requires_grad else None)
+        return tuple(grads)
+    return make(y, parents, "layer_norm", backward)

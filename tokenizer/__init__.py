@@ -1,0 +1,1 @@
+"""tokenizer: character-level and byte-level BPE tokenizers (text -> token ids -> text)."""
