@@ -16,7 +16,7 @@ K = 0.044715
 def gelu(x, approximate="tanh"):
     """y = 0.5 x (1 + tanh(s (x + k x^3)));   dx = dy * (0.5 (1 + t) + 0.5 x (1 - t^2) s (1 + 3k x^2))"""
     if approximate == "none":
-        return _gelu_erf(x)
+        return gelu_erf(x)
     if approximate != "tanh":
         raise ValueError(f"gelu approximate={approximate!r}: use 'tanh' (GPT-2) or 'none' (erf)")
     xp, a = x.xp, x.data
@@ -28,7 +28,7 @@ def gelu(x, approximate="tanh"):
     return make(y, (x,), "gelu", backward)
 
 
-def _gelu_erf(x):
+def gelu_erf(x):
     """y = x Phi(x);   dx = dy * (Phi(x) + x phi(x))"""
     xp, a = x.xp, x.data
     cdf = 0.5 * (1 + _erf(xp, a / math.sqrt(2.0)))

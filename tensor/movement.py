@@ -114,9 +114,10 @@ def stack(tensors, axis=0):
 
 
 def split(a, size, axis=0):
-    """Pieces of `size` along axis (the last may be smaller), or of the sizes in a list.
+    """y_k = k-th slice of a along axis;   da = each piece's dy put back in its slice
 
-    Each piece is a slice of `a` (a getitem), so its gradient lands in the right place.
+    Pieces of `size` along axis (the last may be smaller), or of the sizes in a list. Each
+    piece is a getitem of `a`, so its gradient lands in its slice and the pieces' sum is da.
     """
     n = a.shape[axis]
     sizes = [size] * (n // size) + ([n % size] if n % size else []) if isinstance(size, int) \
