@@ -13,7 +13,11 @@ from .tensor import make
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
-    """y = (x - mean) / sqrt(var + eps) * weight + bias, over the last axis"""
+    """y = n * w + b, n = (x - mean) * rstd;   dx = rstd * (dn - mean(dn) - n * mean(dn * n)), dn = dy * w
+
+    Normalizes over the last axis; weight (w) and bias (b) may be None. dw = sum(dy * n),
+    db = sum(dy), summed over every axis but the last.
+    """
     xp = x.xp
     C = x.shape[-1]
     for name, p in (("weight", weight), ("bias", bias)):

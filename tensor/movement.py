@@ -24,7 +24,7 @@ def reshape(a, *new_shape):
 
 
 def transpose(a, ax1, ax2):
-    """y = a with axes ax1 and ax2 swapped (negatives allowed);   da = dy with them swapped back"""
+    """y = a with axes ax1 and ax2 swapped;   da = dy with ax1 and ax2 swapped back"""
     y = a.data.swapaxes(ax1, ax2)
     return make(y, (a,), "transpose", lambda dy: (dy.swapaxes(ax1, ax2),))
 

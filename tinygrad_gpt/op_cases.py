@@ -1,0 +1,206 @@
+"""The op table behind `python -m tinygrad_gpt.gradcheck`: for every op, how to build a
+random but well-conditioned example of it.
+
+Each case is (name, the op's Python function, build). `build(rng)` returns (fn, inputs):
+`fn` takes Tensors and returns a Tensor; `inputs` are NumPy arrays (float ones are checked,
+integer ones such as token ids pass through). The formula printed beside each op comes from
+the second half of its function's docstring, so the table and the code cannot disagree.
+"""
+import numpy as np
+
+import tensor
+import tensor.functional as F
+from tensor import Tensor, elementwise, matmul, movement, reduce
+from tensor.gelu import gelu_erf
+
+
+def shape(rng, ndim=None, low=1, high=4):
+    """A random shape; sizes start at 1 so size-1 dims (and broadcasting) come up often."""
+    ndim = int(rng.integers(1, 4)) if ndim is None else ndim
+    return tuple(int(n) for n in rng.integers(low, high + 1, size=ndim))
+
+
+def broadcast_partner(rng, shp):
+    """A shape that broadcasts against shp: some dims set to 1, some leading dims dropped."""
+    partner = [1 if rng.random() < 0.4 else n for n in shp]
+    return tuple(partner[int(rng.integers(0, len(partner) + 1)):]) or (1,)
+
+
+def normal(rng, shp):
+    return rng.standard_normal(shp)
+
+
+def positive(rng, shp):
+    return rng.uniform(0.5, 2.0, shp)
+
+
+def away_from_zero(rng, shp):
+    """Values with |x| >= 0.1, so finite differences never cross relu's kink."""
+    return rng.choice([-1.0, 1.0], shp) * rng.uniform(0.1, 2.0, shp)
+
+
+def distinct(rng, shp):
+    """Values at least 0.05 apart (no near-ties), so max has a unique winner."""
+    n = int(np.prod(shp))
+    return (rng.permutation(n) * 0.05 + rng.uniform(0, 0.01)).reshape(shp) - 0.025 * n
+
+
+def binary(op):
+    def build(rng):
+        a = shape(rng)
+        return op, [normal(rng, a), normal(rng, broadcast_partner(rng, a))]
+    return build
+
+
+def unary(op, values=normal):
+    return lambda rng: (op, [values(rng, shape(rng))])
+
+
+def reduction(op, values=normal):
+    def build(rng):
+        shp = shape(rng, ndim=int(rng.integers(1, 4)))
+        axis = [None, -1, 0, tuple(range(len(shp)))][int(rng.integers(0, 4))]
+        keepdims = bool(rng.integers(0, 2))
+        return (lambda a: op(a, axis=axis, keepdims=keepdims)), [values(rng, shp)]
+    return build
+
+
+def build_div(rng):
+    a = shape(rng)
+    return elementwise.div, [normal(rng, a), positive(rng, broadcast_partner(rng, a))]
+
+
+def build_pow(rng):
+    a = shape(rng)
+    return elementwise.pow, [positive(rng, a), normal(rng, broadcast_partner(rng, a))]
+
+
+def build_matmul(rng):
+    n, k, m = shape(rng, ndim=3)
+    batch = shape(rng, ndim=int(rng.integers(0, 3)))
+    return matmul.matmul, [normal(rng, batch + (n, k)),
+                           normal(rng, broadcast_partner(rng, batch)[:len(batch)] + (k, m))]
+
+
+def build_transpose(rng):
+    shp = shape(rng, ndim=3)
+    return (lambda a: a.transpose(-1, 0)), [normal(rng, shp)]
+
+
+def build_permute(rng):
+    shp = shape(rng, ndim=3)
+    axes = tuple(int(i) for i in rng.permutation(3))
+    return (lambda a: a.permute(*axes)), [normal(rng, shp)]
+
+
+def build_getitem(rng):
+    shp = shape(rng, ndim=2, low=2)
+    rows = rng.integers(0, shp[0], size=4)                   # repeats are likely
+    return (lambda a: a[rows][:, 1:] * a[None, -1, 1:]), [normal(rng, shp)]
+
+
+def build_masked_fill(rng):
+    shp = shape(rng, ndim=2)
+    mask = rng.random(shp[-1:]) < 0.5                         # broadcasts over rows
+    return (lambda a: a.masked_fill(mask, -3.0)), [normal(rng, shp)]
+
+
+def build_cat(rng):
+    a, b = shape(rng, ndim=2), int(rng.integers(1, 4))
+    return (lambda x, y: Tensor.cat([x, y], axis=1)), [normal(rng, a), normal(rng, (a[0], b))]
+
+
+def build_stack(rng):
+    a = shape(rng, ndim=2)
+    return (lambda x, y: Tensor.stack([x, y], axis=1)), [normal(rng, a), normal(rng, a)]
+
+
+def build_split(rng):
+    shp = shape(rng, ndim=2, low=2)
+    return (lambda a: a.split(1, axis=1)[-1] * a.split(1, axis=1)[0]), [normal(rng, shp)]
+
+
+def build_reshape(rng):
+    shp = shape(rng, ndim=3)
+    return (lambda a: a.reshape(shp[0], -1)), [normal(rng, shp)]
+
+
+def build_softmax(fn):
+    def build(rng):
+        shp = shape(rng, ndim=int(rng.integers(1, 4)))
+        axis = int(rng.integers(-len(shp), len(shp)))
+        return (lambda x: fn(x, axis=axis)), [normal(rng, shp)]
+    return build
+
+
+def build_layer_norm(rng):
+    shp = shape(rng, ndim=int(rng.integers(1, 4)), low=3)   # C = 2 normalizes to +-1 exactly
+    C = shp[-1]
+    return F.layer_norm, [normal(rng, shp), normal(rng, (C,)), normal(rng, (C,))]
+
+
+def build_gelu(approximate):
+    return lambda rng: ((lambda x: F.gelu(x, approximate=approximate)),
+                        [normal(rng, shape(rng))])
+
+
+def build_embedding(rng):
+    V, C = shape(rng, ndim=2, low=2)
+    ids = rng.integers(0, V, size=shape(rng, ndim=2))          # repeated ids are likely
+    return (lambda w, i: F.embedding(i, w)), [normal(rng, (V, C)), ids]
+
+
+def build_cross_entropy(rng):
+    B, T, V = shape(rng, ndim=3, low=2)
+    targets = rng.integers(0, V, size=(B, T))
+    targets[0, 0] = -1                                         # one ignored position
+    return F.cross_entropy, [normal(rng, (B, T, V)), targets]
+
+
+def build_dropout(rng):
+    def fn(x):
+        tensor.manual_seed(1234)                               # the same mask every call
+        return F.dropout(x, p=0.3, training=True)
+    return fn, [normal(rng, shape(rng))]
+
+
+CASES = [  # (name, function whose docstring holds the math, builder)
+    ("add", elementwise.add, binary(elementwise.add)),
+    ("sub", elementwise.sub, binary(elementwise.sub)),
+    ("mul", elementwise.mul, binary(elementwise.mul)),
+    ("div", elementwise.div, build_div),
+    ("pow", elementwise.pow, build_pow),
+    ("neg", elementwise.neg, unary(elementwise.neg)),
+    ("exp", elementwise.exp, unary(elementwise.exp)),
+    ("log", elementwise.log, unary(elementwise.log, positive)),
+    ("tanh", elementwise.tanh, unary(elementwise.tanh)),
+    ("sqrt", elementwise.sqrt, unary(elementwise.sqrt, positive)),
+    ("relu", elementwise.relu, unary(elementwise.relu, away_from_zero)),
+    ("sum", reduce.sum, reduction(reduce.sum)),
+    ("mean", reduce.mean, reduction(reduce.mean)),
+    ("max", reduce.max, reduction(reduce.max, distinct)),
+    ("var", reduce.var, reduction(reduce.var)),
+    ("reshape", movement.reshape, build_reshape),
+    ("transpose", movement.transpose, build_transpose),
+    ("permute", movement.permute, build_permute),
+    ("getitem", movement.getitem, build_getitem),
+    ("masked_fill", movement.masked_fill, build_masked_fill),
+    ("cat", movement.cat, build_cat),
+    ("stack", movement.stack, build_stack),
+    ("split", movement.split, build_split),
+    ("matmul", matmul.matmul, build_matmul),
+    ("softmax", F.softmax, build_softmax(F.softmax)),
+    ("log_softmax", F.log_softmax, build_softmax(F.log_softmax)),
+    ("layer_norm", F.layer_norm, build_layer_norm),
+    ("gelu", F.gelu, build_gelu("tanh")),
+    ("gelu_erf", gelu_erf, build_gelu("none")),
+    ("embedding", F.embedding, build_embedding),
+    ("cross_entropy", F.cross_entropy, build_cross_entropy),
+    ("dropout", F.dropout, build_dropout),
+]
+
+
+def formula(function):
+    """The backward half of an op's one-line docstring ('y = a * b;   da = dy * b, ...')."""
+    first = (function.__doc__ or "").strip().splitlines()[0]
+    return first.split(";", 1)[1].strip() if ";" in first else first
