@@ -1,4 +1,11 @@
 """nn: neural-network modules and optimizers built only from `tensor` ops.
 
-Filled in by the nn/gpt issue; this package exists so the layout is in place from day one.
+Reading order: module.py (Module, Parameter, state_dict), layers.py (Linear, Embedding,
+LayerNorm, Dropout, GELU), optim.py (AdamW, SGD, clip_grad_norm, get_lr).
 """
+from .layers import GELU, Dropout, Embedding, LayerNorm, Linear
+from .module import Module, ModuleList, Parameter
+from .optim import SGD, AdamW, clip_grad_norm, decay_groups, get_lr
+
+__all__ = ["Module", "ModuleList", "Parameter", "Linear", "Embedding", "LayerNorm", "Dropout",
+           "GELU", "AdamW", "SGD", "clip_grad_norm", "decay_groups", "get_lr"]

@@ -3,13 +3,15 @@
 Each lives in its own file with its forward and hand-derived backward side by side:
     softmax, log_softmax  -> softmax.py        layer_norm    -> layernorm.py
     gelu                  -> gelu.py           embedding     -> embedding.py
-    cross_entropy         -> cross_entropy.py  dropout       -> here
+    cross_entropy         -> cross_entropy.py  linear        -> linear.py
+    dropout               -> here
 """
 from . import backend
 from .cross_entropy import cross_entropy
 from .embedding import embedding
 from .gelu import gelu
 from .layernorm import layer_norm
+from .linear import linear
 from .softmax import log_softmax, softmax
 from .tensor import make
 
@@ -30,4 +32,4 @@ def dropout(x, p=0.1, training=True):
 
 
 __all__ = ["softmax", "log_softmax", "layer_norm", "gelu", "embedding", "cross_entropy",
-           "dropout"]
+           "linear", "dropout"]

@@ -139,6 +139,12 @@ def build_layer_norm(rng):
     return F.layer_norm, [normal(rng, shp), normal(rng, (C,)), normal(rng, (C,))]
 
 
+def build_linear(rng):
+    lead, (n_in, n_out) = shape(rng, ndim=int(rng.integers(1, 3))), shape(rng, ndim=2)
+    return F.linear, [normal(rng, lead + (n_in,)), normal(rng, (n_out, n_in)),
+                      normal(rng, (n_out,))]
+
+
 def build_gelu(approximate):
     return lambda rng: ((lambda x: F.gelu(x, approximate=approximate)),
                         [normal(rng, shape(rng))])
@@ -189,6 +195,7 @@ CASES = [  # (name, function whose docstring holds the math, builder)
     ("stack", movement.stack, build_stack),
     ("split", movement.split, build_split),
     ("matmul", matmul.matmul, build_matmul),
+    ("linear", F.linear, build_linear),
     ("softmax", F.softmax, build_softmax(F.softmax)),
     ("log_softmax", F.log_softmax, build_softmax(F.log_softmax)),
     ("layer_norm", F.layer_norm, build_layer_norm),

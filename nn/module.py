@@ -1,0 +1,142 @@
+"""Module: the base class of every layer and model, and Parameter, a trainable Tensor.
+
+A module's parameters and submodules are simply its attributes, found in the order they
+were assigned (no registration calls, no metaclass): a Parameter attribute is a parameter,
+a Module attribute is a submodule, and names are dotted paths ("blocks.0.attn.query.weight").
+A Parameter reachable twice (a tied weight) is listed once, under its first name.
+"""
+from tensor import Tensor, backend
+
+
+class Parameter(Tensor):
+    """A Tensor that a Module trains: requires_grad=True, float32 unless dtype says otherwise."""
+    __slots__ = ()
+
+    def __init__(self, data, dtype=None, device=None):
+        super().__init__(data, requires_grad=True, dtype=dtype, device=device)
+
+
+class Module:
+    """Base class: subclasses set attributes in __init__ and define forward()."""
+
+    training = True
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # ----- walking the tree -------------------------------------------------------------
+    def children(self):
+        """(name, submodule) pairs, in assignment order."""
+        return [(k, v) for k, v in vars(self).items() if isinstance(v, Module)]
+
+    def modules(self):
+        """This module and every module below it, depth first."""
+        found, stack = [], [self]
+        while stack:
+            module = stack.pop()
+            found.append(module)
+            stack.extend(reversed([m for _, m in module.children()]))
+        return found
+
+    def named_parameters(self, prefix=""):
+        """(dotted name, Parameter) for every parameter, each listed once."""
+        seen, result = set(), []
+        stack = [(prefix, self)]
+        while stack:
+            path, module = stack.pop()
+            submodules = []
+            for name, value in vars(module).items():
+                full = f"{path}{name}"
+                if isinstance(value, Parameter) and id(value) not in seen:
+                    seen.add(id(value))
+                    result.append((full, value))
+                elif isinstance(value, Module):
+                    submodules.append((full + ".", value))
+            stack.extend(reversed(submodules))
+        return result
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def num_parameters(self):
+        return sum(p.size for p in self.parameters())
+
+    # ----- modes, gradients, devices ----------------------------------------------------
+    def train(self, mode=True):
+        """Training mode (dropout active) for this module and everything below it."""
+        for module in self.modules():
+            module.training = mode
+        return self
+
+    def eval(self):
+        """Evaluation mode (dropout off)."""
+        return self.train(False)
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    def to(self, device):
+        """Move every parameter to a device in place (create optimizers after this)."""
+        device = backend.check_device(device)
+        for p in self.parameters():
+            p.data, p.device, p.grad = backend.to_device(p.data, device), device, None
+        return self
+
+    # ----- saving and loading -----------------------------------------------------------
+    def state_dict(self):
+        """{dotted name: array} for every parameter (the arrays themselves, not copies)."""
+        return {name: p.data for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state, strict=True):
+        """Copy arrays into the parameters, in place (optimizer views stay valid).
+
+        strict=True: every missing, unexpected or wrongly-shaped key is an error, all of them
+        named in one message. strict=False: loads what matches and returns the problems.
+        """
+        params = dict(self.named_parameters())
+        missing = sorted(set(params) - set(state))
+        unexpected = sorted(set(state) - set(params))
+        wrong_shape = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {params[k].shape}"
+                             for k in set(params) & set(state)
+                             if tuple(state[k].shape) != params[k].shape)
+        problems = [f"{label}: {', '.join(keys)}" for label, keys in
+                    (("missing keys", missing), ("unexpected keys", unexpected),
+                     ("wrong shapes", wrong_shape)) if keys]
+        if strict and problems:
+            raise ValueError("load_state_dict: " + "; ".join(problems))
+        for name, p in params.items():
+            if name in state and tuple(state[name].shape) == p.shape:
+                p.data[...] = backend.to_device(state[name], p.device)
+        return problems
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}("]
+        for name, child in self.children():
+            lines.append(f"  ({name}): " + repr(child).replace("\n", "\n  "))
+        extra = self.extra_repr()
+        return (lines[0] + extra + ")") if len(lines) == 1 else "\n".join(lines) + "\n)"
+
+    def extra_repr(self):
+        return ""
+
+
+class ModuleList(Module):
+    """A list of modules whose parameters are named by index ("blocks.0.", "blocks.1.")."""
+
+    def __init__(self, modules=()):
+        for i, module in enumerate(modules):
+            setattr(self, str(i), module)
+
+    def __len__(self):
+        return len(self.children())
+
+    def __iter__(self):
+        return iter(m for _, m in self.children())
+
+    def __getitem__(self, i):
+        return self.children()[i][1]
+
+    def append(self, module):
+        setattr(self, str(len(self)), module)
+        return self
