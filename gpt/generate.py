@@ -1,0 +1,87 @@
+"""Sampling text from a GPT, with or without the key/value cache.
+
+Uncached (the textbook loop): every step runs the whole context through the model and
+keeps the last position's logits: O(T) work per token, O(T^2) overall.
+Cached: the prompt is run once ("prefill") and each block keeps its keys and values; then
+each step runs only the newest token, whose query attends to the cached keys.
+
+Positions are learned absolute embeddings, so when the context grows past block_size the
+window must shift: every cached key was computed at a position that has now moved. The
+cached loop then re-runs the last block_size tokens from scratch (exactly what the uncached
+loop does), so cached and uncached generation give the same tokens.
+"""
+import numpy as np
+
+from tensor import Tensor, backend, no_grad
+
+
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, rng=None,
+             use_cache=True, on_token=None):
+    """idx (B, T) ints -> (B, T + max_new_tokens) ints (a NumPy array).
+
+    temperature 0 means greedy (argmax); top_k keeps the k most likely tokens; top_p keeps
+    the smallest set of tokens whose probabilities add up to at least top_p. rng: a
+    numpy Generator (or a seed) so sampling is reproducible. on_token(column) is called
+    with each new (B,) column as soon as it exists (for streaming to a terminal).
+    """
+    _check_sampling(temperature, top_k, top_p)
+    rng = np.random.default_rng(rng)
+    idx = np.asarray(idx.data if isinstance(idx, Tensor) else idx)
+    if idx.ndim != 2 or idx.shape[1] == 0:
+        raise ValueError(f"generate needs token ids of shape (B, T) with T >= 1, got {idx.shape}")
+    block_size = model.config.block_size
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            caches = None
+            for _ in range(max_new_tokens):
+                if not use_cache:
+                    logits, _ = model(idx[:, -block_size:], last_only=True)
+                elif caches is None or len(caches[0]) >= block_size:
+                    caches = model.new_caches()          # (re)fill from the current window
+                    logits, _ = model(idx[:, -block_size:], caches=caches, last_only=True)
+                else:
+                    logits, _ = model(idx[:, -1:], caches=caches, last_only=True)
+                column = sample(backend.to_numpy(logits.data[:, -1, :]), temperature,
+                                top_k, top_p, rng)       # (B,)
+                idx = np.concatenate([idx, column[:, None]], axis=1)
+                if on_token is not None:
+                    on_token(column)
+    finally:
+        model.train(was_training)
+    return idx
+
+
+def sample(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
+    """One token id per row of logits (B, V): greedy, or drawn after temperature/top-k/top-p."""
+    logits = logits.astype(np.float64)
+    if temperature == 0:
+        return logits.argmax(axis=-1)
+    rng = np.random.default_rng(rng)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = np.sort(logits, axis=-1)[:, -top_k][:, None]          # k-th largest per row
+        logits = np.where(logits < kth, -np.inf, logits)
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    if top_p is not None and top_p < 1.0:
+        order = np.argsort(-probs, axis=-1, kind="stable")          # most likely first
+        sorted_probs = np.take_along_axis(probs, order, axis=-1)
+        before = np.cumsum(sorted_probs, axis=-1) - sorted_probs    # mass ranked above each
+        sorted_probs[before >= top_p] = 0                           # keep until top_p reached
+        probs = np.zeros_like(probs)
+        np.put_along_axis(probs, order, sorted_probs, axis=-1)
+        probs /= probs.sum(axis=-1, keepdims=True)
+    cdf = np.cumsum(probs, axis=-1)                                 # (B, V)
+    u = rng.random((probs.shape[0], 1)) * cdf[:, -1:]
+    return np.minimum((cdf < u).sum(axis=-1), probs.shape[-1] - 1)
+
+
+def _check_sampling(temperature, top_k, top_p):
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")

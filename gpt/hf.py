@@ -1,0 +1,151 @@
+"""The one mapping between our parameter names and Hugging Face's GPT-2 names.
+
+    ours                                  Hugging Face GPT2LMHeadModel           layout
+    token_embedding.weight                transformer.wte.weight                 same (V, C)
+    position_embedding.weight             transformer.wpe.weight                 same (block, C)
+    blocks.{i}.ln_attn.{weight,bias}      transformer.h.{i}.ln_1.{weight,bias}   same
+    blocks.{i}.attn.query.weight  (C, C)  \\
+    blocks.{i}.attn.key.weight    (C, C)   > transformer.h.{i}.attn.c_attn.weight (C, 3C):
+    blocks.{i}.attn.value.weight  (C, C)  /    [Wq^T | Wk^T | Wv^T], Conv1D's (in, out) layout
+    blocks.{i}.attn.{query,key,value}.bias    transformer.h.{i}.attn.c_attn.bias (3C): [bq|bk|bv]
+    blocks.{i}.attn.attn_out.weight       transformer.h.{i}.attn.c_proj.weight   transposed
+    blocks.{i}.ln_mlp.{weight,bias}       transformer.h.{i}.ln_2.{weight,bias}   same
+    blocks.{i}.mlp.mlp_in.weight          transformer.h.{i}.mlp.c_fc.weight      transposed
+    blocks.{i}.mlp.mlp_out.weight         transformer.h.{i}.mlp.c_proj.weight    transposed
+    (each Linear's bias)                  (the matching .bias)                   same
+    ln_final.{weight,bias}                transformer.ln_f.{weight,bias}         same
+    (tied to token_embedding.weight)      lm_head.weight                         same
+
+Our Linear stores W as (out, in) like PyTorch's nn.Linear; GPT-2's Conv1D stores (in, out),
+hence the transposes. GPT-2 always has biases: a bias=False model exports zero biases.
+"""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from tensor import backend
+
+from .config import GPTConfig
+
+LINEARS = [("attn.attn_out", "attn.c_proj"), ("mlp.mlp_in", "mlp.c_fc"),
+           ("mlp.mlp_out", "mlp.c_proj")]
+NORMS = [("ln_attn", "ln_1"), ("ln_mlp", "ln_2")]
+
+
+def to_hf_state_dict(ours, n_layer):
+    """{our name: array} -> {Hugging Face GPT-2 name: array} (NumPy, float32 or as given)."""
+    ours = {k: backend.to_numpy(v) for k, v in ours.items()}
+    C = ours["token_embedding.weight"].shape[1]
+    zeros = np.zeros(C, dtype=ours["token_embedding.weight"].dtype)
+    hf = {"transformer.wte.weight": ours["token_embedding.weight"],
+          "transformer.wpe.weight": ours["position_embedding.weight"],
+          "transformer.ln_f.weight": ours["ln_final.weight"],
+          "transformer.ln_f.bias": ours.get("ln_final.bias", zeros)}
+    for i in range(n_layer):
+        o, h = f"blocks.{i}.", f"transformer.h.{i}."
+        qkv = [ours[f"{o}attn.{n}.weight"].T for n in ("query", "key", "value")]  # (C, C) each
+        hf[h + "attn.c_attn.weight"] = np.concatenate(qkv, axis=1)                # (C, 3C)
+        hf[h + "attn.c_attn.bias"] = np.concatenate(
+            [ours.get(f"{o}attn.{n}.bias", zeros) for n in ("query", "key", "value")])
+        for mine, theirs in LINEARS:
+            weight = ours[f"{o}{mine}.weight"]
+            hf[f"{h}{theirs}.weight"] = weight.T                               # (in, out)
+            hf[f"{h}{theirs}.bias"] = ours.get(f"{o}{mine}.bias", np.zeros(weight.shape[0],
+                                                                           weight.dtype))
+        for mine, theirs in NORMS:
+            hf[f"{h}{theirs}.weight"] = ours[f"{o}{mine}.weight"]
+            hf[f"{h}{theirs}.bias"] = ours.get(f"{o}{mine}.bias", zeros)
+    return {k: np.ascontiguousarray(v) for k, v in hf.items()}
+
+
+def from_hf_state_dict(hf):
+    """{Hugging Face GPT-2 name: array} -> {our name: array} (always with biases).
+
+    Accepts names with or without the "transformer." prefix (the hub's gpt2 file has none),
+    ignores GPT-2's stored causal-mask buffers (attn.bias, attn.masked_bias), and checks
+    that lm_head.weight, when present, is the tied token embedding.
+    """
+    hf = {k.removeprefix("transformer."): v for k, v in hf.items()
+          if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    head = hf.pop("lm_head.weight", None)
+    if head is not None and not np.array_equal(head, hf.get("wte.weight")):
+        raise ValueError("lm_head.weight differs from wte.weight: only GPT-2's tied LM head "
+                         "is supported")
+    n_layer = len({k.split(".")[1] for k in hf if k.startswith("h.")})
+    ours = {"token_embedding.weight": hf.pop("wte.weight"),
+            "position_embedding.weight": hf.pop("wpe.weight"),
+            "ln_final.weight": hf.pop("ln_f.weight"), "ln_final.bias": hf.pop("ln_f.bias")}
+    for i in range(n_layer):
+        o, h = f"blocks.{i}.", f"h.{i}."
+        w, b = hf.pop(h + "attn.c_attn.weight"), hf.pop(h + "attn.c_attn.bias")   # (C, 3C)
+        for j, name in enumerate(("query", "key", "value")):
+            C = w.shape[0]
+            ours[f"{o}attn.{name}.weight"] = w[:, j * C:(j + 1) * C].T               # (C, C)
+            ours[f"{o}attn.{name}.bias"] = b[j * C:(j + 1) * C]
+        for mine, theirs in LINEARS:
+            ours[f"{o}{mine}.weight"] = hf.pop(f"{h}{theirs}.weight").T              # (out, in)
+            ours[f"{o}{mine}.bias"] = hf.pop(f"{h}{theirs}.bias")
+        for mine, theirs in NORMS:
+            ours[f"{o}{mine}.weight"] = hf.pop(f"{h}{theirs}.weight")
+            ours[f"{o}{mine}.bias"] = hf.pop(f"{h}{theirs}.bias")
+    if hf:
+        raise ValueError(f"unexpected GPT-2 keys: {', '.join(sorted(hf))}")
+    return {k: np.ascontiguousarray(v) for k, v in ours.items()}
+
+
+def config_from_hf(d):
+    """Our GPTConfig from a Hugging Face GPT-2 config.json dict."""
+    if d.get("model_type", "gpt2") != "gpt2":
+        raise ValueError(f"config.json has model_type {d.get('model_type')!r}, expected 'gpt2'")
+    act = d.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"activation_function {act!r} is not GPT-2's tanh GELU ('gelu_new')")
+    if d.get("n_inner") not in (None, 4 * d["n_embd"]):
+        raise ValueError(f"n_inner {d['n_inner']} is not 4 * n_embd")
+    return GPTConfig(vocab_size=d["vocab_size"], block_size=d.get("n_positions", d.get("n_ctx")),
+                     n_layer=d["n_layer"], n_head=d["n_head"], n_embd=d["n_embd"],
+                     dropout=0.0, bias=True)
+
+
+def config_to_hf(config):
+    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+            "vocab_size": config.vocab_size, "n_positions": config.block_size,
+            "n_ctx": config.block_size, "n_embd": config.n_embd, "n_layer": config.n_layer,
+            "n_head": config.n_head, "n_inner": None, "activation_function": "gelu_new",
+            "layer_norm_epsilon": 1e-5, "resid_pdrop": config.dropout,
+            "embd_pdrop": config.dropout, "attn_pdrop": config.dropout,
+            "initializer_range": 0.02, "tie_word_embeddings": True,
+            "bos_token_id": config.vocab_size - 1, "eos_token_id": config.vocab_size - 1}
+
+
+def load_pretrained(cls, path, device="cpu"):
+    """Build a GPT from a directory with config.json and model.safetensors (no network)."""
+    path = Path(path)
+    for name in ("config.json", "model.safetensors"):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path / name} not found: a GPT-2 directory needs "
+                                    "config.json and model.safetensors")
+    try:
+        config = config_from_hf(json.loads((path / "config.json").read_text()))
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path / 'config.json'} is not a GPT-2 config: {e}") from None
+    ours = from_hf_state_dict(load_file(str(path / "model.safetensors")))
+    model = cls(config)
+    model.load_state_dict(ours, strict=True)   # names every missing or wrongly-shaped key
+    return model.to(device)
+
+
+def save_pretrained(model, path):
+    """Write config.json and model.safetensors (each via a temp file and an atomic rename)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    hf = to_hf_state_dict(model.state_dict(), model.config.n_layer)
+    tmp = path / "model.safetensors.tmp"
+    save_file(hf, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, path / "model.safetensors")
+    tmp = path / "config.json.tmp"
+    tmp.write_text(json.dumps(config_to_hf(model.config), indent=2) + "\n")
+    os.replace(tmp, path / "config.json")
