@@ -4,8 +4,8 @@ Reading order: module.py (Module, Parameter, state_dict), layers.py (Linear, Emb
 LayerNorm, Dropout, GELU), optim.py (AdamW, SGD, clip_grad_norm, get_lr).
 """
 from .layers import GELU, Dropout, Embedding, LayerNorm, Linear
-from .module import Module, ModuleList, Parameter
+from .module import Module, ModuleList, Parameter, module_scopes
 from .optim import SGD, AdamW, clip_grad_norm, decay_groups, get_lr
 
-__all__ = ["Module", "ModuleList", "Parameter", "Linear", "Embedding", "LayerNorm", "Dropout",
+__all__ = ["Module", "ModuleList", "Parameter", "module_scopes", "Linear", "Embedding", "LayerNorm", "Dropout",
            "GELU", "AdamW", "SGD", "clip_grad_norm", "decay_groups", "get_lr"]

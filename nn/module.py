@@ -16,27 +16,62 @@ class Parameter(Tensor):
         super().__init__(data, requires_grad=True, dtype=dtype, device=device)
 
 
+_scopes = None   # while inside `with module_scopes(model)`: (names by id, stack of names)
+
+
+class module_scopes:
+    """`with module_scopes(model) as scope:` keeps `scope.current()`, the dotted name of the
+    module running right now ("blocks.0.attn.query"), for tracers and shape tables."""
+
+    def __init__(self, model, root="model"):
+        self.names = {id(m): name for name, m in model.named_modules(root)}
+        self.stack = []
+
+    def current(self):
+        return self.stack[-1] if self.stack else ""
+
+    def __enter__(self):
+        global _scopes
+        self._previous, _scopes = _scopes, self
+        return self
+
+    def __exit__(self, *exc):
+        global _scopes
+        _scopes = self._previous
+
+
 class Module:
     """Base class: subclasses set attributes in __init__ and define forward()."""
 
     training = True
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        if _scopes is None:
+            return self.forward(*args, **kwargs)
+        _scopes.stack.append(_scopes.names.get(id(self), type(self).__name__))
+        try:
+            return self.forward(*args, **kwargs)
+        finally:
+            _scopes.stack.pop()
 
     # ----- walking the tree -------------------------------------------------------------
     def children(self):
         """(name, submodule) pairs, in assignment order."""
         return [(k, v) for k, v in vars(self).items() if isinstance(v, Module)]
 
+    def named_modules(self, prefix=""):
+        """(dotted name, module) for this module (named `prefix`) and all below, depth first."""
+        found, stack = [], [(prefix, self)]
+        while stack:
+            name, module = stack.pop()
+            found.append((name, module))
+            stack.extend(reversed([(f"{name}.{k}" if name else k, m)
+                                   for k, m in module.children()]))
+        return found
+
     def modules(self):
         """This module and every module below it, depth first."""
-        found, stack = [], [self]
-        while stack:
-            module = stack.pop()
-            found.append(module)
-            stack.extend(reversed([m for _, m in module.children()]))
-        return found
+        return [m for _, m in self.named_modules()]
 
     def named_parameters(self, prefix=""):
         """(dotted name, Parameter) for every parameter, each listed once."""

@@ -10,6 +10,7 @@ gradcheck.py checks every backward against finite differences.
 """
 from . import functional
 from .backend import cuda_available, manual_seed
-from .tensor import Tensor, detect_anomaly, no_grad
+from .tensor import Tensor, detect_anomaly, no_grad, observe_ops
 
-__all__ = ["Tensor", "no_grad", "detect_anomaly", "functional", "manual_seed", "cuda_available"]
+__all__ = ["Tensor", "no_grad", "detect_anomaly", "observe_ops", "functional", "manual_seed",
+           "cuda_available"]

@@ -10,9 +10,11 @@ What it does not do: higher-order gradients (a backward pass is not itself recor
 in-place ops on tensors that are part of a graph.
 """
 from . import backend
+from .graph import check_forward, check_grads, topological_order
 
 _grad_enabled = True   # switched off inside `with no_grad():`
 _anomaly_mode = False  # switched on inside `with detect_anomaly():`
+_observers = []        # functions called with (out, parents) for every op; see observe_ops
 
 
 class no_grad:
@@ -39,6 +41,24 @@ class detect_anomaly:
     def __exit__(self, *exc):
         global _anomaly_mode
         _anomaly_mode = self._previous
+
+
+class observe_ops:
+    """`with observe_ops(fn):` calls fn(out, parents) after every op's forward.
+
+    A debugging and teaching hook (the tracer and the shape tables use it); ops run exactly
+    as usual. Outside the block, nothing is called.
+    """
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __enter__(self):
+        _observers.append(self.fn)
+        return self
+
+    def __exit__(self, *exc):
+        _observers.remove(self.fn)
 
 
 def _freed_graph(dy):
@@ -159,7 +179,7 @@ class Tensor:
                 raise ValueError(f"backward(): gradient of shape {grad.shape} does not match "
                                  f"the tensor's shape {self.shape}")
         grads = {id(self): grad}   # id(tensor) -> gradient summed over every path so far
-        for node in reversed(_topological_order(self)):
+        for node in reversed(topological_order(self)):
             dy = grads.pop(id(node), None)
             if dy is None:
                 continue
@@ -171,7 +191,7 @@ class Tensor:
                 continue
             input_grads = node._backward(dy)
             if _anomaly_mode:
-                _check_grads(node, input_grads)
+                check_grads(node, input_grads)
             for parent, dparent in zip(node._parents, input_grads):
                 if dparent is None or not parent.requires_grad:
                     continue
@@ -240,7 +260,9 @@ def make(data, parents, op, backward):
     else:
         out._parents, out._backward = (), None
     if _anomaly_mode:
-        _check_forward(out, parents)
+        check_forward(out, parents)
+    for observer in _observers:
+        observer(out, parents)
     return out
 
 
@@ -253,49 +275,6 @@ def lift(x, like):
         return x
     data = like.xp.asarray(x, dtype=like.dtype if like.dtype.kind == "f" else None)
     return Tensor(data, device=like.device)
-
-
-def _topological_order(root):
-    """Every tensor that `root` depends on through tensors needing grad, inputs first.
-
-    Iterative depth-first search (an explicit stack, no recursion), so a graph thousands
-    of ops deep does not hit Python's recursion limit.
-    """
-    order, visited = [], set()
-    stack = [(root, False)]
-    while stack:
-        node, children_done = stack.pop()
-        if children_done:
-            order.append(node)
-            continue
-        if id(node) in visited:
-            continue
-        visited.add(id(node))
-        stack.append((node, True))
-        for parent in node._parents:
-            if id(parent) not in visited:
-                stack.append((parent, False))
-    return order
-
-
-def _finite(array):
-    return bool(backend.xp_of(array).isfinite(array).all())
-
-
-def _check_forward(out, parents):
-    if out.data.dtype.kind == "f" and not _finite(out.data):
-        shapes = ", ".join(str(p.shape) for p in parents)
-        raise FloatingPointError(f"detect_anomaly: forward of op '{out.op}' produced NaN/inf "
-                                 f"(input shapes {shapes})")
-
-
-def _check_grads(node, input_grads):
-    for i, g in enumerate(input_grads):
-        if g is not None and not _finite(g):
-            shapes = ", ".join(str(p.shape) for p in node._parents)
-            raise FloatingPointError(f"detect_anomaly: backward of op '{node.op}' produced "
-                                     f"NaN/inf in the gradient of input {i} "
-                                     f"(input shapes {shapes})")
 
 
 # The ops need the Tensor class, so they are imported after it is defined.

@@ -1,0 +1,45 @@
+"""Graph helpers for Tensor.backward(): the visiting order, and detect_anomaly's checks."""
+from . import backend
+
+
+def topological_order(root):
+    """Every tensor that `root` depends on through tensors needing grad, inputs first.
+
+    Iterative depth-first search (an explicit stack, no recursion), so a graph thousands
+    of ops deep does not hit Python's recursion limit.
+    """
+    order, visited = [], set()
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if children_done:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        for parent in node._parents:
+            if id(parent) not in visited:
+                stack.append((parent, False))
+    return order
+
+
+def finite(array):
+    return bool(backend.xp_of(array).isfinite(array).all())
+
+
+def check_forward(out, parents):
+    if out.data.dtype.kind == "f" and not finite(out.data):
+        shapes = ", ".join(str(p.shape) for p in parents)
+        raise FloatingPointError(f"detect_anomaly: forward of op '{out.op}' produced NaN/inf "
+                                 f"(input shapes {shapes})")
+
+
+def check_grads(node, input_grads):
+    for i, g in enumerate(input_grads):
+        if g is not None and not finite(g):
+            shapes = ", ".join(str(p.shape) for p in node._parents)
+            raise FloatingPointError(f"detect_anomaly: backward of op '{node.op}' produced "
+                                     f"NaN/inf in the gradient of input {i} "
+                                     f"(input shapes {shapes})")
