@@ -118,9 +118,10 @@ class GPT(Module):
         return [KVCache() for _ in self.blocks]
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 rng=None, use_cache=True):
+                 rng=None, use_cache=True, on_token=None):
         """Continue each row of idx (B, T) by max_new_tokens tokens; see gpt/generate.py."""
-        return generate(self, idx, max_new_tokens, temperature, top_k, top_p, rng, use_cache)
+        return generate(self, idx, max_new_tokens, temperature, top_k, top_p, rng, use_cache,
+                        on_token)
 
     @classmethod
     def from_pretrained(cls, path, device="cpu"):

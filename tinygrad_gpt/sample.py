@@ -1,0 +1,119 @@
+"""python -m tinygrad_gpt.sample: generate text from a training run or a GPT-2 directory.
+
+    python -m tinygrad_gpt.sample --out_dir out --start "ROMEO:" --num_samples 2
+    python -m tinygrad_gpt.sample --init_from path/to/gpt2 --start FILE:prompt.txt --top_p 0.9
+
+Tokens are streamed to the terminal as they are generated.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from gpt import GPT
+from gpt.bigram import Bigram
+from gpt.config import GPTConfig
+from tensor import backend
+
+from . import checkpoint, tokenizers
+from .settings import UserError
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m tinygrad_gpt.sample", allow_abbrev=False,
+                                description="Sample text from a trained model.")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--out_dir", "--out-dir", default=None,
+                        help="a training run's folder (default: out)")
+    source.add_argument("--init_from", "--init-from", default=None, metavar="DIR",
+                        help="a Hugging Face GPT-2 folder: config.json, model.safetensors, "
+                             "vocab.json, merges.txt")
+    p.add_argument("--start", default="\n",
+                   help="the prompt, or FILE:path to read it from a file (default: newline)")
+    p.add_argument("--num_samples", "--num-samples", type=int, default=3)
+    p.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=500)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top_k", "--top-k", type=int, default=200)
+    p.add_argument("--top_p", "--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    return p.parse_args(argv)
+
+
+def load_run(out_dir, device):
+    """Model and tokenizer from a training run's checkpoint."""
+    info, weights, _ = checkpoint.load(out_dir)
+    config = GPTConfig.from_dict(info["model_config"])
+    model = Bigram(config) if info.get("model") == "bigram" else GPT(config)
+    if weights and next(iter(weights.values())).dtype == np.float64:
+        for p in model.parameters():
+            p.data = p.data.astype(np.float64)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except ValueError as e:
+        raise UserError(f"checkpoint in {out_dir} does not match its config: {e}") from None
+    return model.to(device), tokenizers.load(Path(out_dir) / "tokenizer")
+
+
+def load_pretrained(folder, device):
+    """Model and tokenizer from a Hugging Face GPT-2 folder."""
+    try:
+        model = GPT.from_pretrained(folder, device=device)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    return model, tokenizers.load(Path(folder))
+
+
+def read_prompt(start):
+    if start.startswith("FILE:"):
+        path = Path(start[len("FILE:"):])
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"--start FILE:{path}: cannot read it as UTF-8 text ({e})") from None
+    return start
+
+
+def main(argv=None):
+    try:
+        return run(parse_args(sys.argv[1:] if argv is None else argv))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args):
+    for name in ("num_samples", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if args.temperature < 0 or (args.top_k is not None and args.top_k < 1) or \
+            (args.top_p is not None and not 0 < args.top_p <= 1):
+        raise UserError("--temperature must be >= 0, --top_k >= 1 and --top_p in (0, 1]")
+    try:
+        device = backend.check_device(args.device)
+    except (RuntimeError, ValueError) as e:
+        raise UserError(str(e)) from None
+    if args.init_from:
+        model, tok = load_pretrained(args.init_from, device)
+    else:
+        model, tok = load_run(args.out_dir or "out", device)
+    prompt = read_prompt(args.start)
+    ids = tokenizers.prompt_ids(tok, prompt)          # clear error on unknown characters
+    if not ids:
+        raise UserError("--start is empty after tokenization: give at least one character")
+    rng = np.random.default_rng(args.seed)
+    for n in range(args.num_samples):
+        stream = tokenizers.Streamer(tok)
+        sys.stdout.write(prompt)
+        model.generate(np.asarray([ids]), args.max_new_tokens, temperature=args.temperature,
+                       top_k=args.top_k, top_p=args.top_p, rng=rng,
+                       on_token=lambda column: stream.push(int(column[0])))
+        sys.stdout.write(stream.flush() + "\n" + ("---------------\n" if n + 1 < args.num_samples
+                                                  else ""))
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Training settings: one dataclass named with nanoGPT's config keys, presets, a TOML file
+and the command line, merged in that order (command line wins).
+
+    python -m tinygrad_gpt.train --preset baby-gpt --config my.toml --max_iters=500 --bias true
+
+`--key=value` and `--key value` both work, with dashes or underscores; booleans accept
+True/False/true/false/1/0 (a bare `--bias` means True). An unknown key is an error that
+suggests the closest valid one.
+"""
+import argparse
+import difflib
+import functools
+import inspect
+from dataclasses import asdict, dataclass, fields
+
+try:
+    import tomllib
+except ModuleNotFoundError:          # Python 3.10
+    import tomli as tomllib
+
+
+class UserError(Exception):
+    """Bad input from the user: the CLIs print its message on one line and exit with code 2."""
+
+
+@dataclass
+class TrainConfig:
+    # I/O
+    out_dir: str = "out"                # checkpoints, metrics.jsonl, loss.png
+    data: str = ""                      # a UTF-8 text file or a folder of .txt ("" = Shakespeare)
+    tokenizer: str = "char"             # char | bpe
+    vocab_size: int = 512               # BPE vocabulary size (ignored for char)
+    eval_interval: int = 250            # evaluate (and checkpoint) every this many iterations
+    log_interval: int = 10              # write a metrics line every this many iterations
+    eval_iters: int = 20                # batches averaged per evaluation
+    always_save_checkpoint: bool = True  # save at every evaluation, not only on a new best
+    sample_tokens: int = 200            # tokens sampled at each evaluation (0 = none)
+    # model
+    model: str = "gpt"                  # gpt | bigram
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 64                # context length
+    dropout: float = 0.0
+    bias: bool = False                  # biases in Linear and LayerNorm layers
+    # optimization (AdamW)
+    batch_size: int = 12                # sequences per micro-batch
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    max_iters: int = 2000
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0              # clip the global gradient norm to this (0 = off)
+    decay_lr: bool = True               # warmup + cosine decay (else constant learning_rate)
+    warmup_iters: int = 100
+    lr_decay_iters: int = 2000          # ~ max_iters, per Chinchilla
+    min_lr: float = 1e-4                # ~ learning_rate / 10
+    # system
+    device: str = "cpu"                 # cpu | cuda
+    dtype: str = "float32"              # float32 | float64
+    seed: int = 1337
+    overfit_batch: bool = False         # train on one fixed batch (loss should reach ~0)
+
+    def validate(self):
+        positive = ["n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_iters",
+                    "gradient_accumulation_steps", "eval_interval", "log_interval",
+                    "eval_iters", "vocab_size", "lr_decay_iters"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "warmup_iters",
+                     "sample_tokens"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if self.learning_rate == 0:
+            raise UserError("--learning_rate must be > 0")
+        if self.n_embd % self.n_head:
+            raise UserError(f"--n_embd ({self.n_embd}) must be divisible by --n_head "
+                            f"({self.n_head}), e.g. --n_embd {self.n_head * 32}")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise UserError(f"--beta1 and --beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        for name, allowed in (("tokenizer", ("char", "bpe")), ("model", ("gpt", "bigram")),
+                              ("dtype", ("float32", "float64")), ("device", ("cpu", "cuda"))):
+            if getattr(self, name) not in allowed:
+                raise UserError(f"--{name} must be one of {', '.join(allowed)}, "
+                                f"got {getattr(self, name)!r}")
+        return self
+
+
+PRESETS = {
+    # nanoGPT's CPU Shakespeare run (its README's CPU command line): ~1.5 min in nanoGPT.
+    "shakespeare-char-cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12,
+                                 dropout=0.0, bias=False, learning_rate=1e-3, max_iters=2000,
+                                 lr_decay_iters=2000, min_lr=1e-4, beta2=0.99, warmup_iters=100,
+                                 weight_decay=0.1, grad_clip=1.0, eval_interval=250,
+                                 eval_iters=20, log_interval=10),
+    # nanoGPT's GPU "baby GPT" (config/train_shakespeare_char.py).
+    "baby-gpt": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64,
+                     dropout=0.2, bias=False, learning_rate=1e-3, max_iters=5000,
+                     lr_decay_iters=5000, min_lr=1e-4, beta2=0.99, warmup_iters=100,
+                     weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=200,
+                     log_interval=10, always_save_checkpoint=False),
+}
+FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def parse_bool(text):
+    lowered = str(text).strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+
+
+def convert(name, value):
+    """A value from TOML or the command line, as the field's type (clear error if it isn't)."""
+    kind = type(getattr(TrainConfig, name))
+    try:
+        if kind is bool:
+            return value if isinstance(value, bool) else parse_bool(value)
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        if kind is int and isinstance(value, str):
+            return int(float(value)) if float(value).is_integer() else int(value)
+        return kind(value)
+    except (ValueError, TypeError, argparse.ArgumentTypeError):
+        raise UserError(f"--{name} expects {kind.__name__}, got {value!r}") from None
+
+
+def unknown_key(key):
+    close = difflib.get_close_matches(key, list(FIELDS) + ["preset", "config", "resume"], n=1)
+    hint = f"; did you mean --{close[0]}?" if close else "; see --help for the settings"
+    return UserError(f"unknown setting --{key}{hint}")
+
+
+def build_parser(description):
+    parser = argparse.ArgumentParser(prog="python -m tinygrad_gpt.train", description=description,
+                                     allow_abbrev=False, argument_default=argparse.SUPPRESS)
+    parser.add_argument("--preset", help=f"start from a preset: {', '.join(PRESETS)}")
+    parser.add_argument("--config", metavar="FILE.toml", help="settings from a TOML file")
+    parser.add_argument("--resume", nargs="?", const=True, type=parse_bool,
+                        help="continue the run in --out_dir from its checkpoint")
+    defaults = TrainConfig()
+    for name in FIELDS:
+        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        value = getattr(defaults, name)
+        comment = _field_comments().get(name, "")
+        if isinstance(value, bool):
+            parser.add_argument(*flags, dest=name, nargs="?", const="true", metavar="BOOL",
+                                help=f"{comment} (default {value})")
+        else:
+            parser.add_argument(*flags, dest=name, metavar=type(value).__name__.upper(),
+                                help=f"{comment} (default {value!r})")
+    return parser
+
+
+def parse(argv, description="Train a GPT."):
+    """argv -> (TrainConfig, resume flag, keys given on the command line).
+
+    Order: defaults < preset < TOML file < argv.
+    """
+    parser = build_parser(description)
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        key = rest[0].lstrip("-").split("=")[0].replace("-", "_")
+        raise unknown_key(key) if rest[0].startswith("-") else \
+            UserError(f"unexpected argument {rest[0]!r}: settings look like --key=value")
+    given = vars(args)
+    values = {}
+    if "preset" in given:
+        if given["preset"] not in PRESETS:
+            raise UserError(f"unknown --preset {given['preset']!r}: choose from "
+                            f"{', '.join(PRESETS)}")
+        values.update(PRESETS[given["preset"]])
+    if "config" in given:
+        values.update(read_toml(given["config"]))
+    for name in FIELDS:
+        if name in given:
+            values[name] = convert(name, given[name])
+    config = TrainConfig(**{k: convert(k, v) for k, v in values.items()})
+    explicit = sorted(k for k in given if k in FIELDS)     # set on the command line itself
+    return config.validate(), bool(given.get("resume", False)), explicit
+
+
+def read_toml(path):
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f)
+    except FileNotFoundError:
+        raise UserError(f"--config file {path} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"--config file {path} is not valid TOML: {e}") from None
+    for key in table:
+        if key.replace("-", "_") not in FIELDS:
+            raise unknown_key(key)
+    return {k.replace("-", "_"): v for k, v in table.items()}
+
+
+@functools.lru_cache(maxsize=1)
+def _field_comments():
+    """The comment beside each field of TrainConfig, used as its --help text."""
+    comments = {}
+    for line in inspect.getsource(TrainConfig).splitlines():
+        name, _, comment = line.strip().partition("#")
+        key = name.split(":")[0].strip()
+        if key in FIELDS and comment:
+            comments[key] = comment.strip()
+    return comments
+
+
+def to_dict(config):
+    return asdict(config)
