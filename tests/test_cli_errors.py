@@ -105,6 +105,7 @@ def test_resume_without_checkpoint(text_file, tmp_path, capsys):
 def test_resume_from_corrupt_checkpoint(text_file, tmp_path, capsys):
     out = tmp_path / "run"
     assert train.main([f"--data={text_file}", f"--out_dir={out}", *SMALL]) == 0
+    capsys.readouterr()
     weights = next(out.glob("ckpt-*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
     fails_cleanly(train.main, ["--resume", f"--out_dir={out}", "--max_iters=4"], capsys,

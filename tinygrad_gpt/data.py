@@ -20,6 +20,7 @@ from .settings import UserError
 
 CHUNK = 4 << 20          # characters tokenized at a time when streaming a corpus
 TRAIN_FRACTION = 0.9
+PROGRESS_FROM = 2_000_000  # show a tokenizing progress bar for splits at least this long
 
 
 class Dataset:
@@ -129,8 +130,9 @@ def _write_ids(tok, files, lo, hi, path, dtype, desc, quiet):
     """Stream characters [lo, hi) through the tokenizer into a binary file; return the count."""
     count, position, pending = 0, 0, ""
     tmp = path.with_suffix(".tmp")
+    show = not quiet and hi - lo >= PROGRESS_FROM        # small corpora are done at once
     with open(tmp, "wb") as f, tqdm(total=hi - lo, desc=desc, unit="char", unit_scale=True,
-                                    disable=quiet, leave=False) as bar:
+                                    disable=not show, leave=False) as bar:
         for piece in read_text(files):
             start, end = max(lo - position, 0), min(hi - position, len(piece))
             position += len(piece)

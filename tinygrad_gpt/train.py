@@ -162,6 +162,8 @@ def train(argv):
                              np.random.default_rng(config.seed)) if config.overfit_batch else None
 
     def save(it, evaluated=True):
+        if not bool(optimizer.xp.isfinite(optimizer.flat).all()):   # never save broken weights
+            raise_nan(it, "non-finite weights", checkpoint.last_iter(out_dir), out_dir)
         checkpoint.save(out_dir, model, optimizer, {
             "iter": it, "evaluated": evaluated, "best_val_loss": best_val, "train_config": asdict(config),
             "model_config": model.config.to_dict(), "model": config.model,
@@ -177,6 +179,9 @@ def train(argv):
             if (it % config.eval_interval == 0 or it == config.max_iters) and \
                     not (saved and it == start and saved[0]["evaluated"]):
                 losses = evaluate(model, dataset, config, it)
+                if not all(map(math.isfinite, losses.values())):
+                    bar.close()
+                    raise_nan(it, losses["val"], checkpoint.last_iter(out_dir), out_dir)
                 metrics.write(iter=it, train_loss=losses["train"], val_loss=losses["val"])
                 bar.write(f"iter {it}: train loss {losses['train']:.4f}, "
                           f"val loss {losses['val']:.4f}")
