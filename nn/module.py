@@ -76,7 +76,7 @@ class Module:
     def named_parameters(self, prefix=""):
         """(dotted name, Parameter) for every parameter, each listed once."""
         seen, result = set(), []
-        stack = [(prefix, self)]
+        stack = [(f"{prefix}." if prefix else "", self)]
         while stack:
             path, module = stack.pop()
             submodules = []

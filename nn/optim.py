@@ -23,8 +23,11 @@ class FlatOptimizer:
             groups = [{"params": groups}]
         self.param_groups, self.params, seen = [], [], set()
         for group in groups:
-            unique = [p for p in group["params"] if id(p) not in seen]
-            seen.update(id(p) for p in unique)
+            unique = []
+            for p in group["params"]:          # each parameter once, even if listed twice
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    unique.append(p)
             if unique:
                 self.param_groups.append({**defaults, **group, "params": unique})
                 self.params.extend(unique)

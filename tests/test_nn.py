@@ -102,8 +102,6 @@ def test_a_tied_parameter_is_listed_once_under_its_first_name():
     np.testing.assert_allclose(m.emb.weight.grad, emb_only + head_only, rtol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Module.named_parameters(prefix) joins the prefix "
-                   "to the first name without a '.', unlike named_modules(prefix)")
 def test_named_parameters_prefix_is_dotted_like_named_modules():
     m = Outer()
     assert [n for n, _ in m.named_modules("model")][:2] == ["model", "model.inner"]

@@ -245,9 +245,6 @@ def test_a_parameter_in_two_groups_is_packed_once_in_the_first():
         SGD([], lr=0.1)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: FlatOptimizer.__init__ removes a parameter "
-                   "repeated across groups but not one repeated inside a group (`seen` is "
-                   "updated after the group's list is built), so it is packed twice")
 def test_a_parameter_repeated_in_one_list_is_packed_once():
     p, q = Parameter(np.ones((2, 3))), Parameter(np.ones(4))
     opt = SGD([p, q, p], lr=0.1)
