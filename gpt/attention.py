@@ -36,7 +36,13 @@ class KVCache:
 
 
 class CausalSelfAttention(Module):
-    """Multi-head masked self-attention: softmax(Q K^T / sqrt(hs) + causal mask) V."""
+    """Multi-head masked self-attention: softmax(Q K^T / sqrt(hs) + causal mask) V.
+
+    `fused=True` (the default) runs the attention core as one op,
+    F.scaled_dot_product_attention, with its own hand-derived backward (tensor/attention.py);
+    `fused=False` runs `attend_composed`, the same math as five engine ops, easier to step
+    through. Tests check that both give the same outputs and gradients.
+    """
 
     def __init__(self, config):
         C = config.n_embd
@@ -47,6 +53,7 @@ class CausalSelfAttention(Module):
         self.attn_out = Linear(C, C, bias=config.bias)    # mixes the heads back together
         self.attn_dropout = Dropout(config.dropout)
         self.resid_dropout = Dropout(config.dropout)
+        self.fused = True
         # future[t, s] is True when key s comes after query t: those scores are masked.
         self.future = np.triu(np.ones((config.block_size, config.block_size), bool), k=1)
 
@@ -60,13 +67,22 @@ class CausalSelfAttention(Module):
         if cache is not None:                              # generation: prepend earlier k, v
             past = len(cache)
             k, v = cache.extend(k, v)                      # (B, nh, past + T, hs)
-        L = past + T                                       # keys visible to these queries
+        if self.fused:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, offset=past,
+                                               dropout_p=self.attn_dropout.p,
+                                               training=self.training)  # (B, nh, T, hs)
+        else:
+            y = self.attend_composed(q, k, v, past)        # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)             # (B, T, nh, hs) -> (B, T, C)
+        return self.resid_dropout(self.attn_out(y))
+
+    def attend_composed(self, q, k, v, past=0):
+        """The attention core from engine ops: q (B, nh, T, hs), k and v (B, nh, L, hs)."""
+        T, hs, L = q.shape[2], q.shape[3], k.shape[2]      # L = past + T keys are visible
         # (B, nh, T, hs) @ (B, nh, hs, L) -> (B, nh, T, L): every query against every key
         scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
         future = self.future[past:L, :L]                   # queries are positions past..L-1
         if future.any():
-            scores = scores.masked_fill(x.xp.asarray(future), -math.inf)
+            scores = scores.masked_fill(q.xp.asarray(future), -math.inf)
         weights = self.attn_dropout(F.softmax(scores, axis=-1))   # (B, nh, T, L)
-        y = weights @ v                                    # (B, nh, T, L) @ (B, nh, L, hs)
-        y = y.transpose(1, 2).reshape(B, T, C)             # (B, T, nh, hs) -> (B, T, C)
-        return self.resid_dropout(self.attn_out(y))
+        return weights @ v                                 # (B, nh, T, L) @ (B, nh, L, hs)

@@ -4,9 +4,10 @@ Each lives in its own file with its forward and hand-derived backward side by si
     softmax, log_softmax  -> softmax.py        layer_norm    -> layernorm.py
     gelu                  -> gelu.py           embedding     -> embedding.py
     cross_entropy         -> cross_entropy.py  linear        -> linear.py
-    dropout               -> here
+    scaled_dot_product_attention -> attention.py                  dropout -> here
 """
 from . import backend
+from .attention import scaled_dot_product_attention
 from .cross_entropy import cross_entropy
 from .embedding import embedding
 from .gelu import gelu
@@ -32,4 +33,4 @@ def dropout(x, p=0.1, training=True):
 
 
 __all__ = ["softmax", "log_softmax", "layer_norm", "gelu", "embedding", "cross_entropy",
-           "linear", "dropout"]
+           "linear", "scaled_dot_product_attention", "dropout"]

@@ -14,17 +14,31 @@ K = 0.044715
 
 
 def gelu(x, approximate="tanh"):
-    """y = 0.5 x (1 + tanh(s (x + k x^3)));   dx = dy * (0.5 (1 + t) + 0.5 x (1 - t^2) s (1 + 3k x^2))"""
+    """y = 0.5 x (1 + t);   dx = dy * (0.5 (1 + t) + 0.5 x (1 - t^2) s (1 + 3k x^2))"""
     if approximate == "none":
         return gelu_erf(x)
     if approximate != "tanh":
         raise ValueError(f"gelu approximate={approximate!r}: use 'tanh' (GPT-2) or 'none' (erf)")
     xp, a = x.xp, x.data
-    t = xp.tanh(S * (a + K * a * a * a))
-    y = 0.5 * a * (1 + t)
+    t = a * a                                         # computed in place, one array at a time:
+    t *= K * a                                        #   k x^3
+    t += a                                            #   x + k x^3
+    t *= S                                            #   u
+    xp.tanh(t, out=t)                                 #   t = tanh(u), saved for backward
+    y = 1 + t
+    y *= 0.5 * a                                      # 0.5 x (1 + t)
 
     def backward(dy):
-        return (dy * (0.5 * (1 + t) + 0.5 * a * (1 - t * t) * S * (1 + 3 * K * a * a)),)
+        # dx = dy * (0.5 (1 + t) + 0.5 x (1 - t^2) s (1 + 3k x^2)), without big temporaries
+        du = a * a
+        du *= 3 * K
+        du += 1
+        du *= (0.5 * S) * a                           # 0.5 s x (1 + 3k x^2)
+        du *= 1 - t * t                               #   ... (1 - t^2)
+        du += 0.5 * t
+        du += 0.5                                     #   ... + 0.5 (1 + t)
+        du *= dy
+        return (du,)
     return make(y, (x,), "gelu", backward)
 
 

@@ -145,6 +145,14 @@ def build_linear(rng):
                       normal(rng, (n_out,))]
 
 
+def build_attention(rng):
+    B, nh, T, hs = shape(rng, ndim=4)
+    past = int(rng.integers(0, 3))                             # keys from an earlier cache
+    qs, kv = (B, nh, T, hs), (B, nh, past + T, hs)
+    fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, offset=past)  # noqa: E731
+    return fn, [normal(rng, qs), normal(rng, kv), normal(rng, kv)]
+
+
 def build_gelu(approximate):
     return lambda rng: ((lambda x: F.gelu(x, approximate=approximate)),
                         [normal(rng, shape(rng))])
@@ -199,6 +207,7 @@ CASES = [  # (name, function whose docstring holds the math, builder)
     ("softmax", F.softmax, build_softmax(F.softmax)),
     ("log_softmax", F.log_softmax, build_softmax(F.log_softmax)),
     ("layer_norm", F.layer_norm, build_layer_norm),
+    ("attention", F.scaled_dot_product_attention, build_attention),
     ("gelu", F.gelu, build_gelu("tanh")),
     ("gelu_erf", gelu_erf, build_gelu("none")),
     ("embedding", F.embedding, build_embedding),
