@@ -20,6 +20,7 @@ from .settings import UserError
 
 CHUNK = 4 << 20          # characters tokenized at a time when streaming a corpus
 TRAIN_FRACTION = 0.9
+BPE_SAMPLE_CHARS = 64 << 20  # BPE training reads at most this much of the train split
 PROGRESS_FROM = 2_000_000  # show a tokenizing progress bar for splits at least this long
 
 
@@ -94,9 +95,14 @@ def prepare(data, tokenizer="char", vocab_size=512, cache=None, quiet=False):
     if n_chars == 0:
         raise UserError(f"--data {data or 'default corpus'} is empty")
     split = int(n_chars * TRAIN_FRACTION)
-    train_text = _take(read_text(files), 0, split)
-    tok = tokenizers.fit(tokenizer, train_text, vocab_size)
-    del train_text
+    if tokenizer == "char":              # the vocabulary: every character of the train split
+        chars = set()
+        for piece in _pieces(read_text(files), 0, split):
+            chars.update(piece)
+        tok = tokenizers.fit("char", "".join(sorted(chars)), vocab_size)
+    else:                                # BPE merges learned from (at most) the first 64M chars
+        tok = tokenizers.fit("bpe", "".join(_pieces(read_text(files), 0,
+                                                    min(split, BPE_SAMPLE_CHARS))), vocab_size)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizers.save(tok, folder / "tokenizer")
     dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
@@ -113,35 +119,28 @@ def prepare(data, tokenizer="char", vocab_size=512, cache=None, quiet=False):
     return Dataset(folder)
 
 
-def _take(pieces, lo, hi):
-    """Characters [lo, hi) of the stream of text pieces, as one string."""
-    out, position = [], 0
+def _pieces(pieces, lo, hi):
+    """The parts of a stream of text pieces that fall in characters [lo, hi)."""
+    position = 0
     for piece in pieces:
         start, end = max(lo - position, 0), min(hi - position, len(piece))
         if start < end:
-            out.append(piece[start:end])
+            yield piece[start:end]
         position += len(piece)
         if position >= hi:
             break
-    return "".join(out)
 
 
 def _write_ids(tok, files, lo, hi, path, dtype, desc, quiet):
     """Stream characters [lo, hi) through the tokenizer into a binary file; return the count."""
-    count, position, pending = 0, 0, ""
+    count, pending = 0, ""
     tmp = path.with_suffix(".tmp")
     show = not quiet and hi - lo >= PROGRESS_FROM        # small corpora are done at once
     with open(tmp, "wb") as f, tqdm(total=hi - lo, desc=desc, unit="char", unit_scale=True,
                                     disable=not show, leave=False) as bar:
-        for piece in read_text(files):
-            start, end = max(lo - position, 0), min(hi - position, len(piece))
-            position += len(piece)
-            if start >= end:
-                if position >= hi:
-                    break
-                continue
-            pending += piece[start:end]
-            cut = pending.rfind("\n") + 1 if position < hi else len(pending)
+        for piece in _pieces(read_text(files), lo, hi):
+            pending += piece
+            cut = pending.rfind("\n") + 1
             if cut > 0:                                 # tokenize whole lines only
                 ids = np.asarray(tokenizers.encode_corpus(tok, pending[:cut]), dtype=dtype)
                 ids.tofile(f)
@@ -152,6 +151,7 @@ def _write_ids(tok, files, lo, hi, path, dtype, desc, quiet):
             ids = np.asarray(tokenizers.encode_corpus(tok, pending), dtype=dtype)
             ids.tofile(f)
             count += ids.size
+            bar.update(len(pending))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
