@@ -169,6 +169,21 @@ def test_strict_load_names_every_missing_unexpected_and_wrong_shaped_key_at_once
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.parametrize("problem", ["missing", "unexpected", "wrong shape"])
+def test_strict_load_rejects_each_kind_of_problem_alone(problem):
+    m = Outer()
+    state = snapshot(Outer())
+    if problem == "missing":
+        del state["inner.lin.bias"]
+    elif problem == "unexpected":
+        state["inner.lin.gain"] = np.ones(4)
+    else:
+        state["inner.lin.bias"] = np.ones(5)
+    with pytest.raises(ValueError, match="inner.lin"):
+        m.load_state_dict(state)
+    assert len(m.load_state_dict(state, strict=False)) == 1
+
+
 def test_non_strict_load_returns_the_problems_and_loads_what_matches():
     m = Outer()
     before = snapshot(m)
