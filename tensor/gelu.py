@@ -20,7 +20,9 @@ def gelu(x, approximate="tanh"):
     if approximate != "tanh":
         raise ValueError(f"gelu approximate={approximate!r}: use 'tanh' (GPT-2) or 'none' (erf)")
     xp, a = x.xp, x.data
-    t = a * a                                         # computed in place, one array at a time:
+    # Bug fix: asarray, because NumPy's a * a of a 0-d array is a scalar and tanh(out=)
+    # below then raised TypeError for a 0-d input. (A no-op for every other shape.)
+    t = xp.asarray(a * a)                             # computed in place, one array at a time:
     t *= K * a                                        #   k x^3
     t += a                                            #   x + k x^3
     t *= S                                            #   u

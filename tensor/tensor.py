@@ -75,6 +75,10 @@ class Tensor:
     """
     __slots__ = ("data", "grad", "requires_grad", "device", "op", "_parents", "_backward",
                  "__weakref__")
+    # Bug fix: without this, `ndarray @ Tensor` (and ndarray * Tensor, np.float64 * Tensor)
+    # was run by NumPy itself, treating the Tensor as an opaque object and returning an
+    # object array. None tells NumPy to defer, so Python calls Tensor.__rmatmul__ etc.
+    __array_ufunc__ = None
 
     def __init__(self, data, requires_grad=False, dtype=None, device=None):
         if isinstance(data, Tensor):
@@ -273,8 +277,11 @@ def lift(x, like):
             raise RuntimeError(f"tensors on different devices: {x.device} and {like.device}; "
                                "move one with .to(device)")
         return x
-    data = like.xp.asarray(x, dtype=like.dtype if like.dtype.kind == "f" else None)
-    return Tensor(data, device=like.device)
+    dtype = like.dtype if like.dtype.kind == "f" else None
+    data = like.xp.asarray(x, dtype=dtype)
+    # Bug fix: pass dtype on, or Tensor() turns the float64 constant into float32 and a
+    # float64 tensor's `t + 0.1` adds 0.1 rounded to float32 (wrong values at ~1e-8).
+    return Tensor(data, dtype=dtype, device=like.device)
 
 
 # The ops need the Tensor class, so they are imported after it is defined.
