@@ -16,7 +16,6 @@ import tensor
 import tensor.functional as F
 from nn import (SGD, GELU, AdamW, Embedding, LayerNorm, Linear, Module, Parameter,
                 clip_grad_norm, decay_groups, get_lr)
-from tensor import Tensor
 
 try:
     import torch
@@ -70,7 +69,7 @@ def params_of(net):
 
 
 # ----- against torch.optim: identical gradients in, parameters compared out ---------------
-def gradient(params, step, rng):
+def gradient(params, rng):
     """A gradient that depends on the parameters (so differences would grow) plus noise."""
     return [np.sin(3 * p) + 0.1 * rng.standard_normal(p.shape) for p in params]
 
@@ -82,7 +81,7 @@ def run_both(make_ours, make_theirs, dtype, steps=6, lr_schedule=None):
     theirs = [torch.tensor(p.data.copy(), requires_grad=True) for p in ours]
     opt_ours, opt_theirs = make_ours(ours), make_theirs(theirs)
     for step in range(steps):
-        grads = gradient([p.data.astype(np.float64) for p in ours], step, rng)
+        grads = gradient([p.data.astype(np.float64) for p in ours], rng)
         for p, t, g in zip(ours, theirs, grads):
             p.grad = g.astype(dtype)
             t.grad = torch.tensor(g.astype(dtype))
