@@ -32,7 +32,8 @@ class KVCache:
         xp = k.xp
         self.k = k.data if self.k is None else xp.concatenate([self.k, k.data], axis=2)
         self.v = v.data if self.v is None else xp.concatenate([self.v, v.data], axis=2)
-        return Tensor(self.k, device=k.device), Tensor(self.v, device=v.device)
+        return (Tensor(self.k, dtype=self.k.dtype, device=k.device),
+                Tensor(self.v, dtype=self.v.dtype, device=v.device))
 
 
 class CausalSelfAttention(Module):

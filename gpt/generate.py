@@ -55,13 +55,14 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
 
 def sample(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
     """One token id per row of logits (B, V): greedy, or drawn after temperature/top-k/top-p."""
+    _check_sampling(temperature, top_k, top_p)
     logits = logits.astype(np.float64)
     if temperature == 0:
         return logits.argmax(axis=-1)
     rng = np.random.default_rng(rng)
     logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
-        kth = np.sort(logits, axis=-1)[:, -top_k][:, None]          # k-th largest per row
+        kth = np.sort(logits, axis=-1)[:, -int(top_k)][:, None]     # k-th largest per row
         logits = np.where(logits < kth, -np.inf, logits)
     probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
     probs /= probs.sum(axis=-1, keepdims=True)
@@ -79,9 +80,9 @@ def sample(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
 
 
 def _check_sampling(temperature, top_k, top_p):
-    if temperature < 0:
+    if not temperature >= 0:                          # also rejects NaN
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
+    if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1):
         raise ValueError(f"top_k must be a positive integer, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")

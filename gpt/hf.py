@@ -64,12 +64,14 @@ def to_hf_state_dict(ours, n_layer):
 def from_hf_state_dict(hf):
     """{Hugging Face GPT-2 name: array} -> {our name: array} (always with biases).
 
+    A missing key is a ValueError naming it.
+
     Accepts names with or without the "transformer." prefix (the hub's gpt2 file has none),
     ignores GPT-2's stored causal-mask buffers (attn.bias, attn.masked_bias), and checks
     that lm_head.weight, when present, is the tied token embedding.
     """
-    hf = {k.removeprefix("transformer."): v for k, v in hf.items()
-          if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    hf = _KeyNaming({k.removeprefix("transformer."): v for k, v in hf.items()
+                     if not k.endswith((".attn.bias", ".attn.masked_bias"))})
     head = hf.pop("lm_head.weight", None)
     if head is not None and not np.array_equal(head, hf.get("wte.weight")):
         raise ValueError("lm_head.weight differs from wte.weight: only GPT-2's tied LM head "
@@ -94,6 +96,15 @@ def from_hf_state_dict(hf):
     if hf:
         raise ValueError(f"unexpected GPT-2 keys: {', '.join(sorted(hf))}")
     return {k: np.ascontiguousarray(v) for k, v in ours.items()}
+
+
+class _KeyNaming(dict):
+    """A dict whose pop() of a missing key says which GPT-2 weight is missing."""
+
+    def pop(self, key, *default):
+        if key not in self and not default:
+            raise ValueError(f"the GPT-2 weights have no {key!r} (nor 'transformer.{key}')")
+        return super().pop(key, *default)
 
 
 def config_from_hf(d):

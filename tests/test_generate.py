@@ -159,24 +159,16 @@ def test_invalid_sampling_arguments_raise(model, kwargs):
         model.generate(prompt(1, 2), 3, **kwargs)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: gpt/generate.py _check_sampling lets "
-                   "temperature=nan through (nan < 0 is False): every sampled token is 0")
 def test_nan_temperature_raises(model):
     with pytest.raises(ValueError, match="temperature"):
         model.generate(prompt(1, 2), 3, temperature=float("nan"))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: gpt/generate.py _check_sampling says top_k "
-                   "'must be a positive integer' but does not check it is an integer: "
-                   "top_k=2.5 fails later with NumPy's IndexError")
 def test_non_integer_top_k_raises_value_error(model):
     with pytest.raises(ValueError, match="top_k"):
         model.generate(prompt(1, 2), 3, top_k=2.5)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: gpt/generate.py sample() is public but does not "
-                   "validate its arguments (only generate() calls _check_sampling): a "
-                   "negative temperature silently inverts the distribution")
 def test_sample_rejects_a_negative_temperature():
     with pytest.raises(ValueError, match="temperature"):
         sample(np.zeros((1, 4)), temperature=-1.0)

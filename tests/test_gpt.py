@@ -186,9 +186,6 @@ def test_fused_and_composed_attention_agree_with_a_kv_cache():
     np.testing.assert_allclose(outs[0], model(idx)[0].data, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: gpt/attention.py KVCache.extend wraps the cached "
-                   "arrays with Tensor(self.k) without dtype=, and Tensor() turns floats into "
-                   "float32: a float64 model's cached keys/values are rounded to float32")
 def test_kv_cache_keeps_float64():
     model = randomize(tiny_model(dtype=np.float64))
     idx, _ = data(9, 2, 6, 11)
