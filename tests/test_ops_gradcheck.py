@@ -19,9 +19,9 @@ from scipy.special import erf
 
 import tensor
 import tensor.functional as F
-from strategies import (GRAPH_NAMES, PUBLIC_OPS, away_from_zero, axes_for, broadcast_pairs, distinct,
-                        graph_ops, matmul_shapes, normal, positive, reduced_count, rng_for,
-                        seeds, shapes, size_of)
+from strategies import (GRAPH_NAMES, PUBLIC_OPS, away_from_zero, axes_for, broadcast_pairs,
+                        distinct, graph_ops, matmul_shapes, normal, positive, reduced_count,
+                        rng_for, seeds, shapes, size_of)
 from tensor import Tensor
 from tensor.gelu import gelu_erf
 from tensor.gradcheck import gradcheck
@@ -555,6 +555,79 @@ def test_scaled_dot_product_attention_gradient(batch, queries, keys, head_size, 
         assume(np.any(np_attention(q, k, v, is_causal, offset, keep) != 0))  # not all dropped
     check_grad("scaled_dot_product_attention", fn, [q, k, v], rng,
                reference=lambda q, k, v: np_attention(q, k, v, is_causal, offset, keep))
+
+
+# ----- against PyTorch (float64), where it is installed ----------------------------------
+def torch_cases(torch):
+    """name -> build(rng) -> (our function, torch's function, float inputs). Both functions
+    take one tensor per input; integer ids and targets are closed over."""
+    tf = torch.nn.functional
+
+    def softmax(rng):
+        return (lambda x: F.softmax(x, axis=1), lambda x: tf.softmax(x, dim=1),
+                [normal(rng, (3, 4, 2), 2.0)])
+
+    def log_softmax(rng):
+        return (lambda x: F.log_softmax(x, axis=-1), lambda x: tf.log_softmax(x, dim=-1),
+                [normal(rng, (2, 3, 5), 2.0)])
+
+    def layer_norm(rng):
+        return (F.layer_norm, lambda x, w, b: tf.layer_norm(x, (5,), w, b, eps=1e-5),
+                [normal(rng, (2, 3, 5), 2.0), normal(rng, (5,)), normal(rng, (5,))])
+
+    def gelu(approximate):
+        return lambda rng: (lambda x: F.gelu(x, approximate=approximate),
+                            lambda x: tf.gelu(x, approximate=approximate),
+                            [normal(rng, (4, 6), 2.0)])
+
+    def cross_entropy(rng):
+        targets = rng.integers(0, 7, (2, 4))
+        targets[0, 1] = targets[1, 3] = -100
+        flat = torch.from_numpy(targets.reshape(-1))
+        return (lambda x: F.cross_entropy(x, targets, ignore_index=-100),
+                lambda x: tf.cross_entropy(x.reshape(-1, 7), flat, ignore_index=-100),
+                [normal(rng, (2, 4, 7), 2.0)])
+
+    def embedding(rng):
+        ids = np.array([[0, 3, 3], [5, 0, 3]])
+        return (lambda w: F.embedding(ids, w), lambda w: tf.embedding(torch.from_numpy(ids), w),
+                [normal(rng, (6, 4))])
+
+    def matmul(rng):
+        return (lambda a, b: a @ b, lambda a, b: a @ b,
+                [normal(rng, (2, 1, 3, 4)), normal(rng, (5, 4, 2))])
+
+    def attention(rng):
+        return (F.scaled_dot_product_attention,
+                lambda q, k, v: tf.scaled_dot_product_attention(q, k, v, is_causal=True),
+                [normal(rng, (2, 2, 3, 4)) for _ in range(3)])
+
+    return {"softmax": softmax, "log_softmax": log_softmax, "layer_norm": layer_norm,
+            "gelu": gelu("tanh"), "gelu_erf": gelu("none"), "cross_entropy": cross_entropy,
+            "embedding": embedding, "matmul": matmul, "scaled_dot_product_attention": attention}
+
+
+TORCH_CHECKED = ["softmax", "log_softmax", "layer_norm", "gelu", "gelu_erf", "cross_entropy",
+                 "embedding", "matmul", "scaled_dot_product_attention"]
+
+
+@pytest.mark.parametrize("op", TORCH_CHECKED)
+@given(seed=seeds)
+def test_forward_and_gradients_match_torch(op, seed):
+    torch = pytest.importorskip("torch")
+    rng = rng_for(seed)
+    ours, theirs, inputs = torch_cases(torch)[op](rng)
+    our_inputs = [Tensor(x, requires_grad=True, dtype=np.float64) for x in inputs]
+    torch_inputs = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in inputs]
+    our_out, torch_out = ours(*our_inputs), theirs(*torch_inputs)
+    np.testing.assert_allclose(our_out.numpy(), torch_out.detach().numpy(), rtol=1e-10,
+                               atol=1e-12, err_msg=f"{op}: forward differs from torch")
+    upstream = rng.standard_normal(our_out.shape)
+    our_out.backward(upstream)
+    torch_out.backward(torch.from_numpy(np.asarray(upstream)))
+    for i, (mine, reference) in enumerate(zip(our_inputs, torch_inputs)):
+        np.testing.assert_allclose(mine.grad, reference.grad.numpy(), rtol=1e-9, atol=1e-11,
+                                   err_msg=f"{op}: gradient of input {i} differs from torch")
 
 
 # ----- completeness -----------------------------------------------------------------------
