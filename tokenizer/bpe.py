@@ -48,8 +48,9 @@ class BPETokenizer:
         self._decoder.update((i, s.encode("utf-8")) for s, i in self.special_tokens.items())
         self._priorities = merge_priorities(self.merges)          # (int, int) -> int
         self._split = regex.compile(self.pattern)
-        self._splitter = special_splitter(self.special_tokens)
         self._cache = {}                                          # chunk str -> list of ids
+        # largest id + 1: the rows a model's embedding table needs
+        self.vocab_size = 1 + max(chain(self.vocab, self.special_tokens.values()))
 
     # ---- training ---------------------------------------------------------------------------
 
@@ -181,11 +182,6 @@ class BPETokenizer:
     def token_to_bytes(self, token_id):
         """One id -> its bytes: b" the", or b"<|endoftext|>" for that special token."""
         return self.decode_bytes([token_id])
-
-    @property
-    def vocab_size(self):
-        """Largest id + 1: the size a model's embedding table needs."""
-        return 1 + max(chain(self.vocab, self.special_tokens.values()))
 
     def special_list(self):
         """The special tokens' strings, by id."""

@@ -64,6 +64,8 @@ def learn_merges(chunk_freqs, num_merges, first_id=256):
         for index in where.pop(pair):
             old = chunks[index]
             new = merge(old, pair, new_id)
+            if len(new) == len(old):
+                continue             # stale entry: an earlier merge took one of the pair's tokens
             freq = freqs[index]
             for p in zip(old, old[1:]):
                 delta[p] -= freq
