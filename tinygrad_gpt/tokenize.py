@@ -2,7 +2,7 @@
 
     python -m tinygrad_gpt.tokenize train --data input.txt --vocab_size 1024 --out tok
     echo "Hello world" | python -m tinygrad_gpt.tokenize encode --tokenizer tok   # ids
-    echo "15496 995" | python -m tinygrad_gpt.tokenize decode --tokenizer tok     # text
+    echo "72 101 108 108 111" | python -m tinygrad_gpt.tokenize decode --tokenizer tok  # "Hello"
     python -m tinygrad_gpt.tokenize audit --tokenizer tok --data input.txt
 
 `train` learns merges on the first (1 - val_fraction) of the text; `audit` splits the same
@@ -90,6 +90,8 @@ def cmd_decode(args):
 
 
 def cmd_audit(args):
+    if args.longest < 0:
+        raise UsageError(f"--longest must be 0 or more, got {args.longest}")
     tok = BPETokenizer.load(args.tokenizer)
     train_text = heldout = None
     if args.data:
@@ -101,9 +103,13 @@ def cmd_audit(args):
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m tinygrad_gpt.tokenize",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train, use and inspect a byte-level BPE tokenizer (GPT-2 style). A "
-                    "tokenizer folder holds vocab.json + merges.txt, Hugging Face's GPT-2 "
-                    "layout; OpenAI's encoder.json + vocab.bpe load too.")
+                    "tokenizer folder holds\nvocab.json + merges.txt, Hugging Face's GPT-2 "
+                    "layout; OpenAI's encoder.json + vocab.bpe load too.\n"
+                    "COMMAND --help describes each command.",
+        epilog="examples:\n" + __doc__.split("\n\n")[1] + "\n\nbad input prints one line "
+               "on stderr and exits with status 2.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="learn merges from a text file",
