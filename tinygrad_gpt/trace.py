@@ -1,0 +1,314 @@
+"""python -m tinygrad_gpt.trace: one forward and backward pass, printed as a teacher draws it.
+
+    python -m tinygrad_gpt.trace                          # a tiny seeded GPT on "To be, or not"
+    python -m tinygrad_gpt.trace --out_dir out --text "ROMEO:"       # a trained run
+    python -m tinygrad_gpt.trace --op softmax --composed  # one op up close, with its formula
+    python -m tinygrad_gpt.trace --dot graph.dot          # the graph for Graphviz
+
+Three sections: the forward ops in order (index, module.op, output shape, where the inputs
+came from), the backward in the order the engine runs it (each op's upstream gradient dy
+and the gradients it sends to its inputs, with L2 norms), then each parameter's gradient.
+The model predicts each next character of the text: inputs text[:-1], targets text[1:].
+Dropout is off (eval mode) so the trace is deterministic.
+"""
+import argparse
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import tensor
+from gpt import GPT, GPTConfig
+from nn import module_scopes
+from tensor import backend, observe_ops
+from tensor.graph import topological_order
+from tokenizer import CharTokenizer
+
+from . import tokenizers
+from .op_cases import CASES, formula
+from .settings import UserError
+
+DEFAULT_TEXT = "To be, or not"
+BACKPROP_MD = Path(__file__).resolve().parents[1] / "docs" / "backprop.md"
+DOC_NAMES = {"attention": "scaled_dot_product_attention"}   # op name -> its name in the docs
+ARG_NAMES = {"attention": ("q", "k", "v"), "layer_norm": ("x", "weight", "bias"),
+             "linear": ("x", "weight", "bias"), "embedding": ("weight",),
+             "cross_entropy": ("logits",), "matmul": ("a", "b")}
+
+
+@dataclass
+class OpRecord:
+    """One op of the forward pass, and (after backward) the gradients that passed through it."""
+    index: int
+    module: str                # dotted module path, or the model's class name at top level
+    op: str
+    out: object                # the output Tensor
+    parents: tuple             # the input Tensors
+    dy: object = None          # d loss / d out, an array (None if backward never reached it)
+    grads: tuple = None        # the gradients this op sent to each input
+
+    @property
+    def label(self):
+        return f"{self.module}.{self.op}"
+
+
+@dataclass
+class Trace:
+    ops: list                  # OpRecords in forward order
+    backward: list             # the same records, in the order backward visited them
+    params: list               # (name, Parameter) pairs; .grad is filled in
+    ids: np.ndarray            # (1, T + 1): inputs ids[:, :-1], targets ids[:, 1:]
+    loss: float
+
+    def source(self, t, module=None):
+        """Where a tensor came from: '[j]' for op j, a parameter's name, or 'const'. A
+        parameter of `module` itself is named without the module's path ('weight')."""
+        for record in self.ops:
+            if record.out is t:
+                return f"[{record.index}]"
+        name = next((name for name, p in self.params if p is t), "const")
+        return name[len(module) + 1:] if module and name.startswith(module + ".") else name
+
+
+def build_tiny(text, seed=0):
+    """A seeded 2-layer, 2-head, 16-wide GPT with a character vocabulary fitted on `text`."""
+    tok = CharTokenizer.train(text)
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=max(16, len(text)), n_layer=2,
+                       n_head=2, n_embd=16, bias=True)
+    tensor.manual_seed(seed)
+    return GPT(config), tok
+
+
+def trace(model, ids, composed=False):
+    """Run model(ids[:-1], targets=ids[1:]) and backward, recording every op and gradient."""
+    ids = np.asarray(ids, dtype=np.int64)[None, :]
+    blocks = getattr(model, "blocks", [])
+    fused = [block.attn.fused for block in blocks]
+    records = []
+    model.eval()
+    model.zero_grad()
+    try:
+        for block in blocks:
+            block.attn.fused = block.attn.fused and not composed
+        with module_scopes(model, root="") as scope:
+            def record(out, parents):
+                module = scope.current() or type(model).__name__
+                records.append(OpRecord(len(records), module, out.op, out, tuple(parents)))
+            with observe_ops(record):
+                _, loss = model(ids[:, :-1], targets=ids[:, 1:])
+    finally:
+        for block, was in zip(blocks, fused):
+            block.attn.fused = was
+    visited, by_id = [], {id(r.out): r for r in records}
+    for node in topological_order(loss):
+        if node._backward is not None and id(node) in by_id:
+            node._backward = _watch(by_id[id(node)], node._backward, visited)
+    loss.backward()
+    return Trace(records, visited, model.named_parameters(), ids, loss.item())
+
+
+def _watch(record, backward, visited):
+    """Wrap an op's backward closure to keep the dy it gets and the gradients it returns."""
+    def watched(dy):
+        grads = backward(dy)
+        record.dy, record.grads = dy, tuple(grads)
+        visited.append(record)
+        return grads
+    return watched
+
+
+# ----- printing -----------------------------------------------------------------------------
+
+
+def norm(a):
+    return float(np.linalg.norm(backend.to_numpy(a).astype(np.float64).ravel()))
+
+
+def stats(a):
+    """mean/std/min/max of the finite entries (masked scores hold -inf), and how many are not."""
+    a = backend.to_numpy(a).astype(np.float64)
+    finite = a[np.isfinite(a)]
+    text = (f"mean {finite.mean():+.2e}  std {finite.std():.2e}  min {finite.min():+.2e}  "
+            f"max {finite.max():+.2e}") if finite.size else "no finite entries"
+    return text + (f"  ({a.size - finite.size} entries -inf/inf/nan)" if finite.size < a.size
+                   else "")
+
+
+def forward_lines(t):
+    lines = [f"forward: {len(t.ops)} ops, module.op and output shape, <- where the inputs "
+             "came from"]
+    for r in t.ops:
+        inputs = ", ".join(t.source(p, r.module) for p in r.parents)
+        lines.append(f"  [{r.index:2d}] {r.label:34s} {str(tuple(r.out.shape)):15s} <- {inputs}")
+    return lines
+
+
+def backward_lines(t):
+    lines = [f"backward: {len(t.backward)} ops in reverse topological order; dy = d loss / d "
+             "output, then the gradient sent to each input, as L2 norms"]
+    for r in t.backward:
+        sent = ", ".join(f"{t.source(p, r.module)} {norm(g):.2e}"
+                         for p, g in zip(r.parents, r.grads) if g is not None)
+        lines.append(f"  [{r.index:2d}] {r.label:34s} dy {str(tuple(r.dy.shape)):15s} "
+                     f"|dy| {norm(r.dy):.3e}  -> {sent}")
+    return lines
+
+
+def parameter_lines(t):
+    lines = ["parameter gradients", f"  {'name':36s} {'shape':12s} {'|grad|':>10s} "
+             f"{'|weight|':>10s} {'ratio':>9s}"]
+    for name, p in t.params:
+        g = 0.0 if p.grad is None else norm(p.grad)
+        w = norm(p.data)
+        ratio = f"{g / w:9.2e}" if w else f"{'-':>9s}"
+        lines.append(f"  {name:36s} {str(tuple(p.shape)):12s} {g:10.3e} {w:10.3e} {ratio}")
+    return lines
+
+
+def backprop_formula(op, path=BACKPROP_MD):
+    """(formula, where it came from) for an op: its `**backward:**` line in docs/backprop.md
+    (the op's name is the first code span of that line), else its function's docstring."""
+    wanted = {op, DOC_NAMES.get(op, op)}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    for line in text.splitlines():
+        if "**backward:**" not in line:
+            continue
+        name = re.search(r"`([^`]+)`", line)
+        if not name or name.group(1) not in wanted:
+            continue
+        if line.lstrip().startswith("|"):                   # a table row: the marked cell
+            cell = next(c for c in line.split("|") if "**backward:**" in c)
+            found = cell.split("**backward:**", 1)[1]
+        else:                                                # "**backward:** `op`: formula"
+            found = line.split("**backward:**", 1)[1].split(name.group(0), 1)[1].lstrip(": ")
+        return found.replace("`", "").strip(), "docs/backprop.md"
+    for name, function, _ in CASES:
+        if name == op:
+            return formula(function), f"the docstring of {function.__module__}.{name}"
+    return "(no formula found)", "nowhere"
+
+
+def op_lines(t, name, index=0):
+    """One op up close: its inputs, output, upstream gradient and produced gradients."""
+    matches = [r for r in t.ops if name in (r.op, r.label)]
+    if not matches:
+        known = ", ".join(sorted({r.op for r in t.ops}))
+        raise UserError(f"--op {name}: no such op in this trace; ops: {known}")
+    if not 0 <= index < len(matches):
+        raise UserError(f"--index {index}: --op {name} ran {len(matches)} time(s), so "
+                        f"--index goes from 0 to {len(matches) - 1}")
+    r = matches[index]
+    text, where = backprop_formula(r.op)
+    names = ARG_NAMES.get(r.op, ("x",) if len(r.parents) == 1 else ("a", "b", "c"))
+    arg = [names[i] if i < len(names) else f"input{i}" for i in range(len(r.parents))]
+    rows = [(f"  {a}", t.source(p), p.shape, "", stats(p.data)) for a, p in zip(arg, r.parents)]
+    rows.append(("output", "", r.out.shape, "", stats(r.out.data)))
+    if r.dy is not None:
+        rows.append(("upstream dy", "", r.dy.shape, f"|dy| {norm(r.dy):.3e}", stats(r.dy)))
+        rows += [(f"  d{a}", f"-> {t.source(p)}", p.shape,
+                  "None: not needed" if g is None else f"|d| {norm(g):.3e}",
+                  "" if g is None else stats(g)) for a, p, g in zip(arg, r.parents, r.grads)]
+    width = max(len(row[1]) for row in rows)
+    table = [f"{a:12s} {src:{width}s} {str(tuple(shp)):15s} {n:15s} {st}".rstrip()
+             for a, src, shp, n, st in rows]
+    lines = [f"op [{r.index}] {r.label}  (--index {index}; --op {name} ran {len(matches)} "
+             "time(s))", f"backward ({where}): {text}", "", "inputs:"] + table[:len(arg) + 1]
+    if r.dy is None:
+        return lines + ["backward never reached this op (its output does not affect the loss)"]
+    return lines + [table[len(arg) + 1], "gradients it produces:"] + table[len(arg) + 2:]
+
+
+def to_dot(t):
+    """The graph in Graphviz DOT: one box per op (op0, op1...), one ellipse per leaf tensor
+    (leaf0...: parameters and constants), an edge from every input to the op using it."""
+    lines = ["digraph trace {", '  node [fontname="monospace"];']
+    leaves = {}
+    for r in t.ops:
+        lines.append(f'  op{r.index} [shape=box, label="[{r.index}] {r.label}\\n'
+                     f'{tuple(r.out.shape)}"];')
+    edges = []
+    for r in t.ops:
+        for p in r.parents:
+            src = t.source(p)
+            if src.startswith("["):
+                edges.append(f"  op{src[1:-1]} -> op{r.index};")
+                continue
+            if id(p) not in leaves:
+                leaves[id(p)] = f"leaf{len(leaves)}"
+                lines.append(f'  {leaves[id(p)]} [shape=ellipse, label="{src}\\n'
+                             f'{tuple(p.shape)}"];')
+            edges.append(f"  {leaves[id(p)]} -> op{r.index};")
+    return "\n".join(lines + edges + ["}"]) + "\n"
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m tinygrad_gpt.trace", allow_abbrev=False,
+                                description="Print one forward and backward pass of a GPT, "
+                                            "op by op, with shapes, modules and gradients.")
+    p.add_argument("--out_dir", "--out-dir", default=None,
+                   help="a training run to load (default: a tiny seeded GPT fitted on --text)")
+    p.add_argument("--text", default=DEFAULT_TEXT, help=f"the text (default {DEFAULT_TEXT!r})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the tiny GPT (default 0)")
+    p.add_argument("--composed", action="store_true",
+                   help="attention as five ops (matmul, mul, masked_fill, softmax, matmul)")
+    p.add_argument("--op", metavar="NAME", help="show one op up close (e.g. softmax, gelu, "
+                   "layer_norm, attention, or a full label like blocks.1.attn.attention)")
+    p.add_argument("--index", type=int, default=0,
+                   help="which occurrence of --op, from 0 (default 0)")
+    p.add_argument("--dot", metavar="FILE", help="also write the graph in Graphviz DOT")
+    return p.parse_args(argv)
+
+
+def load_model(args):
+    if not args.text:
+        raise UserError("--text is empty: give at least two characters")
+    if args.out_dir is None:
+        model, tok = build_tiny(args.text, args.seed)
+        ids = tok.encode(args.text)
+    else:
+        from .sample import load_run
+        model, tok = load_run(args.out_dir, "cpu")
+        ids = tokenizers.prompt_ids(tok, args.text)
+    if len(ids) < 2:
+        raise UserError(f"--text {args.text!r} is {len(ids)} token(s): the trace predicts "
+                        "each next token, so it needs at least two")
+    if len(ids) - 1 > model.config.block_size:
+        raise UserError(f"--text is {len(ids)} tokens; this model reads at most "
+                        f"{model.config.block_size} + 1: shorten it")
+    return model, ids
+
+
+def main(argv=None):
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        model, ids = load_model(args)
+        t = trace(model, ids, composed=args.composed)
+        header = [f"{type(model).__name__}: {len(ids) - 1} tokens in, loss {t.loss:.4f}"]
+        if args.op:
+            lines = header + op_lines(t, args.op, args.index)
+        else:
+            lines = header + [""] + forward_lines(t) + [""] + backward_lines(t) + [""] + \
+                parameter_lines(t)
+        if args.dot:
+            dot = to_dot(t)
+            try:
+                Path(args.dot).write_text(dot, encoding="utf-8")
+            except OSError as e:
+                raise UserError(f"--dot {args.dot}: cannot write it ({e.strerror})") from None
+            lines.append(f"\nwrote {args.dot}: {len(t.ops)} op nodes (boxes), "
+                         f"{dot.count('shape=ellipse')} leaf nodes (ellipses: parameters, "
+                         f"constants); render with: dot -Tsvg {args.dot} > graph.svg")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
