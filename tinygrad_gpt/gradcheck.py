@@ -4,21 +4,30 @@ For each op, --examples random cases (random shapes with size-1 and broadcast di
 values, a random upstream gradient) are checked in float64: the analytic gradient from
 backward() against central differences (L(x + eps) - L(x - eps)) / 2 eps, element by
 element. Prints one row per op and exits 1 if any op fails, 2 on bad arguments.
+
+The learner hook: `--function mymodule:myfn --op layer_norm` (or `path/to/file.py:myfn`)
+checks YOUR function on the random cases of that op: its backward against finite
+differences, and its forward against the engine's op on the same inputs.
 """
 import argparse
+import importlib
+import importlib.util
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from tensor import backend
+from tensor import Tensor, backend, no_grad
 from tensor.gradcheck import gradcheck
 
-from .op_cases import CASES, formula
+from .op_cases import CASES, LEARNER_OPS, formula, learner_build, reference_function
 
 EPS = 1e-6      # central-difference step: truncation ~eps^2, rounding ~1e-16/eps
 ATOL = 1e-6     # an element passes when |analytic - numeric| <= ATOL + RTOL * |numeric|
 RTOL = 1e-5
+HEADER = (f"{'op':14s} {'checks':>6s} {'max abs err':>12s} {'max rel err':>12s}  "
+          f"{'ok':4s}  backward")
 
 
 def check_op(build, examples, seed, device):
@@ -48,12 +57,112 @@ def parse_args(argv):
                         help="check only this op (repeatable); default: every op")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--list", action="store_true", help="list the ops and exit")
+    parser.add_argument("--function", metavar="MODULE:FN",
+                        help="check your own function (module or file.py, colon, name) on "
+                             "the cases of the one op named by --op")
     return parser.parse_args(argv)
 
 
 def fail(message):
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def load_function(spec):
+    """'package.module:name' or 'path/to/file.py:name' -> the function; exits 2 if absent."""
+    where, colon, name = spec.rpartition(":")
+    if not colon or not where or not name:
+        fail(f"--function {spec!r}: write it as module:function or path/to/file.py:function")
+    try:
+        if where.endswith(".py"):
+            path = Path(where)
+            if not path.is_file():
+                fail(f"--function: no such file {where}")
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            sys.path.insert(0, ".")                  # a module in the current folder
+            module = importlib.import_module(where)
+    except ImportError as e:
+        fail(f"--function: cannot import {where} ({e})")
+    except Exception as e:                           # a learner's module may not even run
+        fail(f"--function: importing {where} raised {type(e).__name__}: {e}")
+    function = getattr(module, name, None)
+    if not callable(function):
+        fail(f"--function: {where} has no function {name!r}")
+    return function
+
+
+def tensors(arrays, device):
+    """float64 Tensors for float arrays; integer arrays (ids, targets) keep their type."""
+    return [Tensor(a, dtype=np.float64 if a.dtype.kind == "f" else None, device=device)
+            for a in arrays]
+
+
+def check_learner(name, function, examples, seed, device):
+    """Like check_op, on the learner's function; also compares its forward with the op's.
+
+    Returns (checks, max abs err, max rel err, ok, note): note says what went wrong."""
+    rng = np.random.default_rng(seed)
+    worst_abs = worst_rel = 0.0
+    for done in range(examples):
+        case_seed = int(rng.integers(2**31))
+        try:
+            fn, inputs = learner_build(name, function)(np.random.default_rng(case_seed))
+            ref, _ = learner_build(name, reference_function(name))(
+                np.random.default_rng(case_seed))
+            with no_grad():
+                mine, theirs = fn(*tensors(inputs, device)), ref(*tensors(inputs, device))
+            if not isinstance(mine, Tensor):
+                return done + 1, worst_abs, worst_rel, False, \
+                    f"returned {type(mine).__name__}, not a Tensor (build it with make)"
+            if mine.shape != theirs.shape:
+                return done + 1, worst_abs, worst_rel, False, f"forward gives shape " \
+                    f"{mine.shape}, the engine's {name} {theirs.shape}"
+            gap = float(np.abs(mine.numpy() - theirs.numpy()).max(initial=0.0))
+            if not np.allclose(mine.numpy(), theirs.numpy(), rtol=1e-6, atol=1e-8):
+                return done + 1, worst_abs, worst_rel, False, \
+                    f"forward differs from the engine's {name} by up to {gap:.3e}"
+            result = gradcheck(fn, inputs, eps=EPS, atol=ATOL, rtol=RTOL,
+                               seed=int(rng.integers(2**31)), device=device)
+        except Exception as e:                       # a learner's bug, shown on one line
+            message = str(e).splitlines()[0] if str(e) else ""
+            return done + 1, worst_abs, worst_rel, False, \
+                f"raised {type(e).__name__}: {message}"
+        worst_abs = max(worst_abs, result.max_abs_err)
+        worst_rel = max(worst_rel, result.max_rel_err)
+        if not result.ok:
+            return done + 1, worst_abs, worst_rel, False, "backward disagrees with finite " \
+                "differences:\n" + result.report()
+    return examples, worst_abs, worst_rel, True, ""
+
+
+def main_function(args, device):
+    """The learner hook: one row for the learner's function on one op's cases."""
+    if not args.op or len(args.op) != 1:
+        fail("--function needs exactly one --op NAME, the op your function computes "
+             f"(one of {', '.join(LEARNER_OPS)})")
+    name = args.op[0]
+    if name not in LEARNER_OPS:
+        fail(f"--function cannot stand in for {name}: choose from {', '.join(LEARNER_OPS)}")
+    function = load_function(args.function)
+    print(f"Gradient check of {args.function} as {name}, called as "
+          f"{LEARNER_OPS[name][0]}; float64, eps={EPS:g}, {args.examples} random case(s)\n")
+    header = HEADER
+    print(header)
+    print("-" * len(header))
+    checks, abs_err, rel_err, ok, note = check_learner(name, function, args.examples,
+                                                       args.seed, device)
+    print(f"{name:14s} {checks:6d} {abs_err:12.2e} {rel_err:12.2e}  "
+          f"{'ok' if ok else 'FAIL':4s}  {formula(function)}")
+    if not ok:
+        print(f"\nyour {name} FAILED: {note}")
+        print("derivations: docs/backprop.md; a worked answer: tinygrad_gpt/exercises.py")
+        return 1
+    print(f"\nyour {name} passed: forward matches the engine's, backward matches "
+          "finite differences")
+    return 0
 
 
 def main(argv=None):
@@ -71,12 +180,14 @@ def main(argv=None):
         device = backend.check_device(args.device)
     except (ValueError, RuntimeError) as e:
         fail(str(e))
+    if args.function:
+        return main_function(args, device)
     cases = [c for c in CASES if not args.op or c[0] in args.op]
 
     print(f"Gradient check: analytic backward vs central differences, float64, eps={EPS:g}")
     print(f"{args.examples} random case(s) per op, seed {args.seed}, device {device}; "
           f"an element passes when |analytic - numeric| <= {ATOL:g} + {RTOL:g} * |numeric|\n")
-    header = f"{'op':14s} {'checks':>6s} {'max abs err':>12s} {'max rel err':>12s}  {'ok':4s}  backward"
+    header = HEADER
     print(header)
     print("-" * len(header))
     start, failures = time.perf_counter(), []

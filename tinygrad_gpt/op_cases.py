@@ -5,6 +5,10 @@ Each case is (name, the op's Python function, build). `build(rng)` returns (fn, 
 `fn` takes Tensors and returns a Tensor; `inputs` are NumPy arrays (float ones are checked,
 integer ones such as token ids pass through). The formula printed beside each op comes from
 the second half of its function's docstring, so the table and the code cannot disagree.
+
+`learner_build(name, fn)` makes the same random cases with a learner's own function in
+place of the op (`python -m tinygrad_gpt.gradcheck --function mymodule:myfn --op NAME`);
+SIGNATURES says how that function is called.
 """
 import numpy as np
 
@@ -65,21 +69,27 @@ def reduction(op, values=normal):
     return build
 
 
-def build_div(rng):
-    a = shape(rng)
-    return elementwise.div, [normal(rng, a), positive(rng, broadcast_partner(rng, a))]
+def build_div(op):
+    def build(rng):
+        a = shape(rng)
+        return op, [normal(rng, a), positive(rng, broadcast_partner(rng, a))]
+    return build
 
 
-def build_pow(rng):
-    a = shape(rng)
-    return elementwise.pow, [positive(rng, a), normal(rng, broadcast_partner(rng, a))]
+def build_pow(op):
+    def build(rng):
+        a = shape(rng)
+        return op, [positive(rng, a), normal(rng, broadcast_partner(rng, a))]
+    return build
 
 
-def build_matmul(rng):
-    n, k, m = shape(rng, ndim=3)
-    batch = shape(rng, ndim=int(rng.integers(0, 3)))
-    return matmul.matmul, [normal(rng, batch + (n, k)),
-                           normal(rng, broadcast_partner(rng, batch)[:len(batch)] + (k, m))]
+def build_matmul(op):
+    def build(rng):
+        n, k, m = shape(rng, ndim=3)
+        batch = shape(rng, ndim=int(rng.integers(0, 3)))
+        return op, [normal(rng, batch + (n, k)),
+                    normal(rng, broadcast_partner(rng, batch)[:len(batch)] + (k, m))]
+    return build
 
 
 def build_transpose(rng):
@@ -133,16 +143,20 @@ def build_softmax(fn):
     return build
 
 
-def build_layer_norm(rng):
-    shp = shape(rng, ndim=int(rng.integers(1, 4)), low=3)   # C = 2 normalizes to +-1 exactly
-    C = shp[-1]
-    return F.layer_norm, [normal(rng, shp), normal(rng, (C,)), normal(rng, (C,))]
+def build_layer_norm(op):
+    def build(rng):
+        shp = shape(rng, ndim=int(rng.integers(1, 4)), low=3)  # C = 2 normalizes to +-1 exactly
+        C = shp[-1]
+        return op, [normal(rng, shp), normal(rng, (C,)), normal(rng, (C,))]
+    return build
 
 
-def build_linear(rng):
-    lead, (n_in, n_out) = shape(rng, ndim=int(rng.integers(1, 3))), shape(rng, ndim=2)
-    return F.linear, [normal(rng, lead + (n_in,)), normal(rng, (n_out, n_in)),
-                      normal(rng, (n_out,))]
+def build_linear(op):
+    def build(rng):
+        lead, (n_in, n_out) = shape(rng, ndim=int(rng.integers(1, 3))), shape(rng, ndim=2)
+        return op, [normal(rng, lead + (n_in,)), normal(rng, (n_out, n_in)),
+                    normal(rng, (n_out,))]
+    return build
 
 
 def build_attention(rng):
@@ -153,22 +167,29 @@ def build_attention(rng):
     return fn, [normal(rng, qs), normal(rng, kv), normal(rng, kv)]
 
 
-def build_gelu(approximate):
-    return lambda rng: ((lambda x: F.gelu(x, approximate=approximate)),
-                        [normal(rng, shape(rng))])
+def build_causal_attention(op):
+    """Attention without a cache (queries and keys the same length), for learners."""
+    def build(rng):
+        qkv = shape(rng, ndim=4)
+        return op, [normal(rng, qkv), normal(rng, qkv), normal(rng, qkv)]
+    return build
 
 
-def build_embedding(rng):
-    V, C = shape(rng, ndim=2, low=2)
-    ids = rng.integers(0, V, size=shape(rng, ndim=2))          # repeated ids are likely
-    return (lambda w, i: F.embedding(i, w)), [normal(rng, (V, C)), ids]
+def build_embedding(op):
+    def build(rng):
+        V, C = shape(rng, ndim=2, low=2)
+        ids = rng.integers(0, V, size=shape(rng, ndim=2))      # repeated ids are likely
+        return (lambda w, i: op(i, w)), [normal(rng, (V, C)), ids]
+    return build
 
 
-def build_cross_entropy(rng):
-    B, T, V = shape(rng, ndim=3, low=2)
-    targets = rng.integers(0, V, size=(B, T))
-    targets[0, 0] = -1                                         # one ignored position
-    return F.cross_entropy, [normal(rng, (B, T, V)), targets]
+def build_cross_entropy(op):
+    def build(rng):
+        B, T, V = shape(rng, ndim=3, low=2)
+        targets = rng.integers(0, V, size=(B, T))
+        targets[0, 0] = -1                                     # one ignored position
+        return op, [normal(rng, (B, T, V)), targets]
+    return build
 
 
 def build_dropout(rng):
@@ -182,8 +203,8 @@ CASES = [  # (name, function whose docstring holds the math, builder)
     ("add", elementwise.add, binary(elementwise.add)),
     ("sub", elementwise.sub, binary(elementwise.sub)),
     ("mul", elementwise.mul, binary(elementwise.mul)),
-    ("div", elementwise.div, build_div),
-    ("pow", elementwise.pow, build_pow),
+    ("div", elementwise.div, build_div(elementwise.div)),
+    ("pow", elementwise.pow, build_pow(elementwise.pow)),
     ("neg", elementwise.neg, unary(elementwise.neg)),
     ("exp", elementwise.exp, unary(elementwise.exp)),
     ("log", elementwise.log, unary(elementwise.log, positive)),
@@ -202,21 +223,58 @@ CASES = [  # (name, function whose docstring holds the math, builder)
     ("cat", movement.cat, build_cat),
     ("stack", movement.stack, build_stack),
     ("split", movement.split, build_split),
-    ("matmul", matmul.matmul, build_matmul),
-    ("linear", F.linear, build_linear),
+    ("matmul", matmul.matmul, build_matmul(matmul.matmul)),
+    ("linear", F.linear, build_linear(F.linear)),
     ("softmax", F.softmax, build_softmax(F.softmax)),
     ("log_softmax", F.log_softmax, build_softmax(F.log_softmax)),
-    ("layer_norm", F.layer_norm, build_layer_norm),
+    ("layer_norm", F.layer_norm, build_layer_norm(F.layer_norm)),
     ("attention", F.scaled_dot_product_attention, build_attention),
-    ("gelu", F.gelu, build_gelu("tanh")),
-    ("gelu_erf", gelu_erf, build_gelu("none")),
-    ("embedding", F.embedding, build_embedding),
-    ("cross_entropy", F.cross_entropy, build_cross_entropy),
+    ("gelu", F.gelu, unary(F.gelu)),                         # tanh form, GPT-2's default
+    ("gelu_erf", gelu_erf, unary(gelu_erf)),
+    ("embedding", F.embedding, build_embedding(F.embedding)),
+    ("cross_entropy", F.cross_entropy, build_cross_entropy(F.cross_entropy)),
     ("dropout", F.dropout, build_dropout),
 ]
 
 
+# The learner hook: op name -> (how the learner's function is called, factory fn -> build).
+# Each factory is the one behind CASES, so a learner's function meets the same random cases.
+_ELEMENTWISE = {"neg": normal, "exp": normal, "log": positive, "tanh": normal,
+                "sqrt": positive, "relu": away_from_zero, "gelu": normal, "gelu_erf": normal}
+_REDUCTIONS = {"sum": normal, "mean": normal, "max": distinct, "var": normal}
+LEARNER_OPS = {
+    **{n: ("fn(a, b)   (shapes broadcast)", binary) for n in ("add", "sub", "mul")},
+    "div": ("fn(a, b)   (b > 0, shapes broadcast)", build_div),
+    "pow": ("fn(a, b)   (a > 0, shapes broadcast)", build_pow),
+    **{n: ("fn(x)", lambda f, v=v: unary(f, v)) for n, v in _ELEMENTWISE.items()},
+    **{n: ("fn(x, axis=..., keepdims=...)", lambda f, v=v: reduction(f, v))
+       for n, v in _REDUCTIONS.items()},
+    "matmul": ("fn(a, b)   (a (..., n, k), b (..., k, m))", build_matmul),
+    "linear": ("fn(x, weight, bias)   (y = x @ weight^T + bias)", build_linear),
+    "softmax": ("fn(x, axis=...)", build_softmax),
+    "log_softmax": ("fn(x, axis=...)", build_softmax),
+    "layer_norm": ("fn(x, weight, bias)   (over the last axis, eps 1e-5)", build_layer_norm),
+    "attention": ("fn(q, k, v)   (causal; q, k, v all (B, nh, T, hs))",
+                  build_causal_attention),
+    "embedding": ("fn(ids, weight)", build_embedding),
+    "cross_entropy": ("fn(logits, targets)   (targets == -1 are ignored)",
+                      build_cross_entropy),
+}
+
+
+def learner_build(name, fn):
+    """The random cases of op `name`, with `fn` called exactly where the op would be."""
+    return LEARNER_OPS[name][1](fn)
+
+
+def reference_function(name):
+    """The engine's own function for op `name` (what a learner's version should match)."""
+    if name == "attention":
+        return F.scaled_dot_product_attention
+    return next(function for n, function, _ in CASES if n == name)
+
+
 def formula(function):
     """The backward half of an op's one-line docstring ('y = a * b;   da = dy * b, ...')."""
-    first = (function.__doc__ or "").strip().splitlines()[0]
+    first = ((function.__doc__ or "").strip().splitlines() or [""])[0]   # "" without one
     return first.split(";", 1)[1].strip() if ";" in first else first
