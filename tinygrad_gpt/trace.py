@@ -62,13 +62,14 @@ class Trace:
     ids: np.ndarray            # (1, T + 1): inputs ids[:, :-1], targets ids[:, 1:]
     loss: float
 
+    def __post_init__(self):
+        self.names = {id(r.out): f"[{r.index}]" for r in self.ops}
+        self.names.update((id(p), name) for name, p in self.params)
+
     def source(self, t, module=None):
         """Where a tensor came from: '[j]' for op j, a parameter's name, or 'const'. A
         parameter of `module` itself is named without the module's path ('weight')."""
-        for record in self.ops:
-            if record.out is t:
-                return f"[{record.index}]"
-        name = next((name for name, p in self.params if p is t), "const")
+        name = self.names.get(id(t), "const")
         return name[len(module) + 1:] if module and name.startswith(module + ".") else name
 
 
