@@ -113,6 +113,7 @@ def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one(corpus, tmp_
         np.testing.assert_array_equal(after[1][name], array)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")     # overflow is the point of this test
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path, capsys):
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as stop:
