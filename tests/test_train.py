@@ -49,6 +49,9 @@ def test_tiny_run_writes_metrics_checkpoint_plot_and_samples(corpus, tmp_path, c
     info, weights, optim = load(out)
     assert info["iter"] == 20 and info["best_val_loss"] == min(r["val_loss"] for r in evals)
     assert (out / "tokenizer").is_dir() and (out / "loss.png").stat().st_size > 1000
+    samples = (out / "samples.txt").read_text()
+    assert [line for line in samples.splitlines() if line.startswith("=== iter")] == [
+        f"=== iter {r['iter']} (val loss {r['val_loss']:.4f}) ===" for r in evals]
     printed = capsys.readouterr().out
     assert "parameters" in printed and "memory estimate" in printed and "best val loss" in printed
 

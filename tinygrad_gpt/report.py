@@ -68,6 +68,7 @@ class Metrics:
             self.path.write_text("".join(line + "\n" for line in kept))
         elif truncate_after is None:
             self.path.write_text("")
+            (self.path.parent / "samples.txt").write_text("")
 
     def write(self, **record):
         with open(self.path, "a") as f:

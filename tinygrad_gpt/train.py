@@ -186,7 +186,10 @@ def train(argv):
                 bar.write(f"iter {it}: train loss {losses['train']:.4f}, "
                           f"val loss {losses['val']:.4f}")
                 if config.sample_tokens:
-                    bar.write("---\n" + sample_text(model, tok, config, it) + "\n---")
+                    text = sample_text(model, tok, config, it)
+                    bar.write("---\n" + text + "\n---")
+                    with open(out_dir / "samples.txt", "a", encoding="utf-8") as f:
+                        f.write(f"=== iter {it} (val loss {losses['val']:.4f}) ===\n{text}\n\n")
                 improved = losses["val"] < best_val
                 best_val = min(best_val, losses["val"])
                 if improved or config.always_save_checkpoint:
