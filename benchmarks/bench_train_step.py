@@ -1,0 +1,265 @@
+"""python benchmarks/bench_train_step.py: one GPT training step, ours vs PyTorch eager (CPU).
+
+A step is nanoGPT's training-loop body: zero the gradients, forward with targets (logits
+and the mean cross-entropy), backward, clip the global gradient norm to 1.0, AdamW step
+(weight decay 0.1 on 2-D+ parameters only, betas (0.9, 0.99)). float32, dropout 0, the same
+fixed random batch every step (data loading is not timed).
+
+    ours:    from gpt import GPT, GPTConfig;  nn.AdamW(nn.decay_groups(params, 0.1), ...)
+    PyTorch: benchmarks/nanogpt_reference.py (nanoGPT's model, explicit causal-mask
+             attention unless --torch-attn sdpa) with torch.optim.AdamW, same thread count
+
+Shapes (--shapes):
+    S  nanoGPT's CPU Shakespeare config: 4 layers, 4 heads, 128 wide, block 64, batch 12,
+       vocab 65, bias False
+    M  6 layers, 6 heads, 384 wide, block 256, batch 4, vocab 65, bias False
+    L  GPT-2 small: 12 layers, 12 heads, 768 wide, vocab 50304, block 256, batch 2, bias True
+
+Numbers per shape and framework: median ms/step over --steps timed steps after --warmup
+untimed ones; tokens/s = B*T / median; achieved GFLOP/s with nanoGPT's (PaLM's) estimate
+
+    flops_per_token = 6 N + 12 n_layer n_head head_size T    (= 6 N + 12 n_layer C T)
+    N = every parameter except the position embedding (the token embedding counts once:
+        it is also the LM head, V*C); the 12 L C T term is attention's QK^T and AV,
+        forward + backward, over the full T x T square (our attention computes all of it)
+
+and that as a fraction of the machine's float32 matmul peak, measured in this same run
+with np.matmul on 2048 x 2048 matrices (best of 10, before and after; the higher is used).
+Each (shape, framework) runs in its own subprocess, so the peak RSS (getrusage) is that
+framework's at that shape alone. The thread count is fixed in every child (BLAS/OpenMP
+environment variables for NumPy, torch.set_num_threads for PyTorch).
+
+    python benchmarks/bench_train_step.py                       # S, M, L; 10 steps; 2 threads
+    python benchmarks/bench_train_step.py --shapes S,M --steps 20 --json train.json
+    python benchmarks/bench_train_step.py --quick               # smoke run, a few seconds
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+SHAPES = {
+    "S": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch=12, vocab_size=65,
+              bias=False),
+    "M": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch=4, vocab_size=65,
+              bias=False),
+    "L": dict(n_layer=12, n_head=12, n_embd=768, block_size=256, batch=2, vocab_size=50304,
+              bias=True),
+    # --quick only: a tiny model so the smoke run takes seconds
+    "XS": dict(n_layer=2, n_head=2, n_embd=32, block_size=16, batch=2, vocab_size=65,
+               bias=True),
+}
+LR, BETAS, WEIGHT_DECAY, CLIP = 6e-4, (0.9, 0.99), 0.1, 1.0
+SEED = 1337
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python benchmarks/bench_train_step.py",
+                                description="GPT train step: ours vs nanoGPT in PyTorch eager (CPU).")
+    p.add_argument("--shapes", default="S,M,L", help="comma-separated, from S, M, L (default all)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per run (default 10)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    p.add_argument("--threads", type=int, default=2, help="BLAS/torch threads (default 2)")
+    p.add_argument("--json", metavar="PATH", help="also write every result to PATH as JSON")
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny shape, 2 steps")
+    p.add_argument("--no-torch", action="store_true", help="time our model only")
+    p.add_argument("--torch-attn", choices=("mask", "sdpa"), default="mask",
+                   help="reference attention: explicit causal mask like ours (default), or "
+                        "torch's fused scaled_dot_product_attention (nanoGPT's flash path)")
+    p.add_argument("--child", choices=("ours", "torch"), help=argparse.SUPPRESS)
+    p.add_argument("--shape", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.shapes, args.steps, args.warmup = "XS", 2, 1
+    args.shapes = [s.strip().upper() for s in args.shapes.split(",") if s.strip()]
+    bad = [s for s in args.shapes if s not in SHAPES]
+    if bad:
+        p.error(f"unknown shape(s) {bad}: choose from S, M, L")
+    if args.steps < 1 or args.warmup < 0 or args.threads < 1:
+        p.error("--steps and --threads must be >= 1, --warmup >= 0")
+    return args
+
+
+def flops_per_token(n_params, shape):
+    """nanoGPT's estimate_mfu: 6 N + 12 L H Q T (H Q = C)."""
+    return 6 * n_params + 12 * shape["n_layer"] * shape["n_embd"] * shape["block_size"]
+
+
+def batch(shape):
+    import numpy as np
+    rng = np.random.default_rng(SEED)
+    B, T, V = shape["batch"], shape["block_size"], shape["vocab_size"]
+    return rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+
+
+# ----- children: one framework at one shape, in its own process -------------------------
+def child_ours(shape, args):
+    import numpy as np
+    common.limit_threads(args.threads)
+    import nn
+    from gpt import GPT, GPTConfig
+    from tensor import manual_seed
+    manual_seed(SEED)
+    config = GPTConfig(vocab_size=shape["vocab_size"], block_size=shape["block_size"],
+                       n_layer=shape["n_layer"], n_head=shape["n_head"],
+                       n_embd=shape["n_embd"], dropout=0.0, bias=shape["bias"])
+    model = GPT(config)
+    params = model.parameters()
+    opt = nn.AdamW(nn.decay_groups(params, WEIGHT_DECAY), lr=LR, betas=BETAS)
+    x, y = batch(shape)
+    losses = []
+
+    def step():
+        opt.zero_grad()
+        _, loss = model(x, y)
+        loss.backward()
+        nn.clip_grad_norm(params, CLIP)
+        opt.step()
+        losses.append(float(loss.item()))
+
+    median, times = common.median_time(step, args.steps, args.warmup)
+    return {"n_params": int(model.num_parameters(non_embedding=True)), "median_s": median,
+            "times_s": times, "losses": losses, "peak_rss_mb": common.peak_rss_mb(),
+            "blas": common.blas_info(np), "numpy": np.__version__}
+
+
+def child_torch(shape, args):
+    import torch
+    torch.set_num_threads(args.threads)
+    import nanogpt_reference as ref
+    torch.manual_seed(SEED)
+    config = ref.GPTConfig(vocab_size=shape["vocab_size"], block_size=shape["block_size"],
+                           n_layer=shape["n_layer"], n_head=shape["n_head"],
+                           n_embd=shape["n_embd"], dropout=0.0, bias=shape["bias"],
+                           flash=args.torch_attn == "sdpa")
+    model = ref.GPT(config)
+    model.train()
+    opt = model.configure_optimizers(WEIGHT_DECAY, LR, BETAS, "cpu")
+    x, y = (torch.from_numpy(a) for a in batch(shape))
+    losses = []
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        opt.step()
+        losses.append(float(loss.item()))
+
+    median, times = common.median_time(step, args.steps, args.warmup)
+    return {"n_params": int(model.get_num_params()), "median_s": median, "times_s": times,
+            "losses": losses, "peak_rss_mb": common.peak_rss_mb(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "blas": common.torch_blas(torch)}
+
+
+# ----- the parent: peak, children, tables ------------------------------------------------
+def run_child(kind, name, args):
+    argv = [os.path.abspath(__file__), "--child", kind, "--shape", name,
+            "--steps", str(args.steps), "--warmup", str(args.warmup),
+            "--threads", str(args.threads), "--torch-attn", args.torch_attn]
+    result = common.run_child(argv, common.thread_env(args.threads))
+    if "error" not in result:
+        shape = SHAPES[name]
+        tokens = shape["batch"] * shape["block_size"]
+        fpt = flops_per_token(result["n_params"], shape)
+        result["tokens_per_s"] = tokens / result["median_s"]
+        result["flops_per_token"] = fpt
+        result["gflops"] = fpt * tokens / result["median_s"] / 1e9
+    return result
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.child:
+        common.set_threads(args.threads)
+        fn = child_ours if args.child == "ours" else child_torch
+        common.emit_result(fn(SHAPES[args.shape], args))
+        return 0
+
+    common.set_threads(args.threads)
+    import numpy as np
+    common.limit_threads(args.threads)
+    load_before = common.load_average()
+    peak_n = 512 if args.quick else 2048
+    peak_before = common.matmul_peak_gflops(peak_n)
+    kinds = ["ours"] + ([] if args.no_torch else ["torch"])
+    results = {}
+    for name in args.shapes:
+        results[name] = {kind: run_child(kind, name, args) for kind in kinds}
+    peak_after = common.matmul_peak_gflops(peak_n)
+    peak = max(peak_before, peak_after)
+    load_after = common.load_average()
+    for per_kind in results.values():
+        for r in per_kind.values():
+            if "gflops" in r:
+                r["fraction_of_peak"] = r["gflops"] / peak
+
+    meta = {**common.machine_info(), "threads": args.threads, "numpy": np.__version__,
+            "numpy_blas": common.blas_info(np), "steps": args.steps, "warmup": args.warmup,
+            "torch_attn": args.torch_attn, "load_before": load_before, "load_after": load_after,
+            "matmul_peak_gflops": peak, "matmul_peak_before": peak_before,
+            "matmul_peak_after": peak_after, "matmul_peak_n": peak_n}
+    torch_meta = next((r for per in results.values() for k, r in per.items()
+                       if k == "torch" and "error" not in r), None)
+    print(f"# Train step: ours vs PyTorch eager, {args.threads} thread(s)\n")
+    print(f"machine: {meta['cpu']}, nproc {meta['nproc']}; python {meta['python']}; "
+          f"code at {meta['git']}")
+    print(f"numpy {meta['numpy']}, BLAS: {meta['numpy_blas']}")
+    if torch_meta:
+        print(f"torch {torch_meta['torch']} eager, {torch_meta['torch_threads']} threads, "
+              f"BLAS: {torch_meta['blas']}, attention: {args.torch_attn}")
+    print(f"float32 matmul peak (np.matmul {peak_n}^2, best of 10): {peak:.1f} GFLOP/s "
+          f"(before {peak_before:.1f}, after {peak_after:.1f})")
+    print(f"load average before: {load_before}; after: {load_after}")
+    print(f"median of {args.steps} steps after {args.warmup} warm-up; "
+          "flops/token = 6 N + 12 n_layer C T\n")
+
+    rows = []
+    for name, per_kind in results.items():
+        shape = SHAPES[name]
+        for kind, r in per_kind.items():
+            label = "ours (NumPy)" if kind == "ours" else "PyTorch eager"
+            if "error" in r:
+                rows.append([name, label] + ["error"] * 7)
+                print(f"{name} {kind}: {r['error']}", file=sys.stderr)
+                continue
+            rows.append([name, label, common.fmt(r["median_s"] * 1e3, 1),
+                         common.fmt(min(r["times_s"]) * 1e3, 1),
+                         common.fmt(r["tokens_per_s"], 0), common.fmt(r["gflops"], 1),
+                         common.fmt(100 * r["fraction_of_peak"], 1),
+                         common.fmt(r["peak_rss_mb"], 0), f"{r['n_params'] / 1e6:.2f}M"])
+    print(common.markdown_table(
+        ["shape", "framework", "ms/step (median)", "ms/step (min)", "tokens/s", "GFLOP/s",
+         "% of fp32 peak", "peak RSS MiB", "N"], rows))
+
+    ratio_rows = []
+    for name, per_kind in results.items():
+        ours, ref = per_kind.get("ours", {}), per_kind.get("torch", {})
+        if "median_s" in ours and "median_s" in ref:
+            ratio = ref["median_s"] / ours["median_s"]
+            ours["torch_over_ours"] = ratio
+            ratio_rows.append([name, common.fmt(ours["median_s"] * 1e3, 1),
+                               common.fmt(ref["median_s"] * 1e3, 1), f"{ratio:.2f}"])
+    if ratio_rows:
+        print("\nratio = PyTorch ms / ours ms (> 1: ours is faster)\n")
+        print(common.markdown_table(["shape", "ours ms", "PyTorch ms", "ratio"], ratio_rows))
+
+    for name, per_kind in results.items():
+        for kind, r in per_kind.items():
+            if "losses" in r:
+                print(f"\n{name} {kind}: loss first {r['losses'][0]:.4f} last {r['losses'][-1]:.4f}",
+                      end="")
+    print()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "shapes": {k: SHAPES[k] for k in args.shapes},
+                       "results": results}, f, indent=2)
+        print(f"\nwrote {args.json}")
+    return 1 if any("error" in r for per in results.values() for r in per.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Helpers shared by bench_train_step.py and bench_generate.py (standard library only at
+import time: NumPy must not be imported before the thread count is fixed).
+
+    set_threads(n)         BLAS/OpenMP thread variables, before NumPy or torch is imported
+    median_time(fn, ...)   run fn warm-up times, then time it; (median, all times) in seconds
+    peak_rss_mb()          this process's peak resident set size (resource.getrusage)
+    matmul_peak_gflops()   float32 GEMM throughput of np.matmul on a large square product
+    load_average()         os.getloadavg() as a string
+    blas_info(np), torch_blas(torch), cpu_name(), machine_info()
+    run_child(argv, env)   run a benchmark child process and read back its one JSON result
+    markdown_table(...)    a Markdown table from a header and rows
+"""
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+               "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+RESULT_MARK = "@@RESULT@@ "   # a child's last stdout line: this mark, then its JSON result
+
+
+def thread_env(n, base=None):
+    """A copy of the environment (or `base`) with every BLAS/OpenMP thread variable set to n."""
+    env = dict(os.environ if base is None else base)
+    for var in THREAD_VARS:
+        env[var] = str(n)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def set_threads(n):
+    """Fix the thread count in this process; call before NumPy/torch are imported."""
+    for var in THREAD_VARS:
+        os.environ[var] = str(n)
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+
+
+def limit_threads(n):
+    """After import: also clamp the BLAS pools through threadpoolctl when it is installed."""
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(n)
+    except ImportError:
+        pass
+
+
+def median_time(fn, steps, warmup=3):
+    """Call fn() `warmup` times untimed, then `steps` times timed; (median s, [times])."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def peak_rss_mb():
+    """Peak resident set size of this process in MiB (ru_maxrss is KiB on Linux, B on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def matmul_peak_gflops(n=2048, reps=10):
+    """Best-of-reps float32 throughput of np.matmul on (n, n) @ (n, n): 2 n^3 flops each.
+
+    The best (not the median) is the machine's attainable peak; load from other processes
+    only lowers it.
+    """
+    import numpy as np
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    out = np.empty((n, n), np.float32)
+    np.matmul(a, b, out=out)                       # warm-up: thread pool, page faults
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=out)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / best / 1e9
+
+
+def load_average():
+    try:
+        return "%.2f, %.2f, %.2f" % os.getloadavg()
+    except OSError:
+        return "unavailable"
+
+
+def blas_info(np):
+    """What BLAS NumPy runs on, with its thread count: threadpoolctl's runtime view when
+    installed, else NumPy's build configuration."""
+    try:
+        from threadpoolctl import threadpool_info
+        pools = [f"{p.get('internal_api')} {p.get('version')} ({p.get('architecture')}, "
+                 f"{p.get('num_threads')} threads)" for p in threadpool_info()
+                 if p.get("user_api") == "blas"]
+        if pools:
+            return "; ".join(pools)
+    except ImportError:
+        pass
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        threads = os.environ.get("OPENBLAS_NUM_THREADS", "?")
+        return f"{blas.get('name')} {blas.get('version')} (OPENBLAS_NUM_THREADS={threads})"
+    except Exception:
+        return "unknown (see np.show_config())"
+
+
+def torch_blas(torch):
+    config = torch.__config__.show()
+    for part in config.replace("\n", ",").split(","):
+        if "BLAS_INFO" in part:
+            return part.split("=")[-1].strip()
+    return "mkl" if torch.backends.mkl.is_available() else "unknown"
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_revision():
+    """The checkout's commit, with '+dirty' when tracked files under tensor/, nn/ or gpt/
+    differ from it (others edit this checkout while benchmarks run)."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "tensor", "nn", "gpt"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
+        return rev + ("+dirty" if dirty.strip() else "") if rev else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine_info():
+    return {"cpu": cpu_name(), "nproc": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "git": git_revision()}
+
+
+def emit_result(result):
+    """In a child: print the result as the last stdout line, for run_child to read."""
+    print(RESULT_MARK + json.dumps(result), flush=True)
+
+
+def run_child(argv, env, timeout=None):
+    """Run `python argv...` with env; return its JSON result, or {'error': ...} on failure."""
+    proc = subprocess.run([sys.executable] + list(argv), env=env, capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_MARK):
+            return json.loads(line[len(RESULT_MARK):])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+    return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt(x, digits=1):
+    """A number for a table: '-' for None, else fixed digits."""
+    if x is None:
+        return "-"
+    return f"{x:,.{digits}f}"
