@@ -44,7 +44,7 @@ def learn_merges(chunk_freqs, num_merges, first_id=256):
     Returns the merges in the order learned: {(int, int): new id}, new ids first_id, first_id+1,
     ... Stops early when no chunk has two tokens left to merge.
 
-    Example (worked in tests/test_tokenizer_bpe.py): {"aaab": 1, "ab": 2} ->
+    Example (tests/test_tokenizer_train.py checks it): {"aaab": 1, "ab": 2} ->
     pairs (97,97):2, (97,98):3 -> merge (97,98) -> 256: chunks [97,97,256], [256]
     pairs (97,97):1, (97,256):1 -> tie, smallest pair (97,97) -> 257: chunks [257,256], [256]
     """
