@@ -35,7 +35,7 @@ def cross_entropy(logits, targets, ignore_index=-1):
     loss = (nll * keep).sum() / n_kept if n_kept else xp.asarray(xp.nan, dtype=x.dtype)
 
     def backward(dy):
-        scale = (keep * (dy / n_kept)).astype(x.dtype)            # (N,) 0 on ignored rows
+        scale = (keep * (dy / max(n_kept, 1))).astype(x.dtype)    # (N,) 0 on ignored rows
         dx = probs * scale[:, None]                               # (N, V)
         dx[rows, t] -= scale
         return (dx.reshape(logits.shape),)

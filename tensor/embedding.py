@@ -31,6 +31,8 @@ def embedding(ids, weight):
 def scatter_add_rows(xp, num_rows, ids, rows):
     """out (num_rows, C) with out[ids[i]] += rows[i] for every i (ids may repeat)."""
     out = xp.zeros((num_rows, rows.shape[1]), dtype=rows.dtype)
+    if ids.size == 0:
+        return out
     if xp is np:
         order = np.argsort(ids, kind="stable")
         sorted_ids = ids[order]

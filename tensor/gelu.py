@@ -64,4 +64,4 @@ def _erf(xp, a):
         from scipy.special import erf
         return erf(a).astype(a.dtype, copy=False)
     except ImportError:
-        return xp.frompyfunc(math.erf, 1, 1)(a).astype(a.dtype)
+        return xp.asarray(xp.frompyfunc(math.erf, 1, 1)(a), dtype=a.dtype)   # 0-d safe
