@@ -3,7 +3,8 @@ from . import backend
 
 
 def topological_order(root):
-    """Every tensor that `root` depends on through tensors needing grad, inputs first.
+    """Every tensor in root's recorded graph, inputs first (only an op whose output needs a
+    gradient records its inputs, so this is exactly what backward() must visit).
 
     Iterative depth-first search (an explicit stack, no recursion), so a graph thousands
     of ops deep does not hit Python's recursion limit.
