@@ -40,8 +40,8 @@ def scaled_dot_product_attention(q, k, v, is_causal=True, offset=0, dropout_p=0.
     xp = q.xp
     T, hs, L = q.shape[-2], q.shape[-1], k.shape[-2]
     scale = 1.0 / math.sqrt(hs)
-    P = q.data @ k.data.swapaxes(-1, -2)                     # (B, nh, T, L) scores
-    P *= scale
+    qs = q.data * scale                                      # scale q (T x hs), not S (T x L)
+    P = qs @ k.data.swapaxes(-1, -2)                         # (B, nh, T, L) scores
     if is_causal:
         P += causal_mask(xp, T, L, offset, q.device).astype(P.dtype, copy=False)
     P -= P.max(axis=-1, keepdims=True)
@@ -59,10 +59,10 @@ def scaled_dot_product_attention(q, k, v, is_causal=True, offset=0, dropout_p=0.
         dP = dy @ v.data.swapaxes(-1, -2)                    # (B, nh, T, L)
         if keep is not None:
             dP *= keep
-        dP -= (dP * P).sum(axis=-1, keepdims=True)
+        dP -= xp.einsum("...ij,...ij->...i", dP, P)[..., None]   # sum(dP * P) over keys
         dP *= P                                              # dS, the scores' gradient
-        dP *= scale
         dq = dP @ k.data                                     # (B, nh, T, hs)
-        dk = dP.swapaxes(-1, -2) @ q.data                    # (B, nh, L, hs)
+        dq *= scale                                          # S = (s q) k^T
+        dk = dP.swapaxes(-1, -2) @ qs                        # (B, nh, L, hs)
         return dq, dk, dv
     return make(y, (q, k, v), "attention", backward)

@@ -4,8 +4,9 @@ Forward:  y[..., :] = W[ids[...], :]                (ids (...), W (V, C) -> y (.
 Backward: dW[v, :] = sum of dy[..., :] over every position where ids == v
 
 The backward is a scatter-add: an id used k times receives the sum of k gradient rows.
-On NumPy we sort the ids so equal ids sit together and sum each run with one
-`np.add.reduceat` (fast, unlike `np.add.at`); on CuPy, `cupyx.scatter_add` does it on the GPU.
+For a small vocabulary it is one matrix product, onehot(ids)^T @ dy. Otherwise, on NumPy
+we sort the ids so equal ids sit together and sum each run with one `np.add.reduceat`
+(fast, unlike `np.add.at`); on CuPy, `cupyx.scatter_add` does it on the GPU.
 """
 import numpy as np
 
@@ -28,11 +29,19 @@ def embedding(ids, weight):
     return make(y, (weight,), "embedding", backward)
 
 
+ONE_HOT_MAX_ROWS = 1024   # up to this vocabulary size the scatter-add is a matmul
+
+
 def scatter_add_rows(xp, num_rows, ids, rows):
     """out (num_rows, C) with out[ids[i]] += rows[i] for every i (ids may repeat)."""
     out = xp.zeros((num_rows, rows.shape[1]), dtype=rows.dtype)
     if ids.size == 0:
         return out
+    if num_rows <= ONE_HOT_MAX_ROWS:
+        # Small vocabulary: out = onehot(ids)^T @ rows, one (V, N) @ (N, C) matrix product.
+        onehot = xp.zeros((ids.size, num_rows), dtype=rows.dtype)   # (N, V)
+        onehot[xp.arange(ids.size), ids] = 1
+        return onehot.T @ rows
     if xp is np:
         order = np.argsort(ids, kind="stable")
         sorted_ids = ids[order]

@@ -25,24 +25,31 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
             raise ValueError(f"layer_norm {name} has shape {p.shape}, expected ({C},) to match "
                              f"the last axis of the input {x.shape}")
     mu = x.data.mean(axis=-1, keepdims=True)                      # (..., 1)
-    centered = x.data - mu                                        # (..., C)
-    var = (centered * centered).mean(axis=-1, keepdims=True)      # (..., 1)
+    n = x.data - mu                                               # (..., C) centered x
+    var = xp.einsum("...c,...c->...", n, n)[..., None] / C        # (..., 1) no (..., C) temp
     rstd = 1.0 / xp.sqrt(var + eps)                               # (..., 1)
-    n = centered * rstd                                           # (..., C)
-    y = n if weight is None else n * weight.data
-    if bias is not None:
-        y = y + bias.data
+    n *= rstd                                                     # (..., C) normalized, saved
+    if weight is not None:
+        y = n * weight.data                                       # a new array, so the bias
+        if bias is not None:                                      # can be added in place
+            y += bias.data
+    else:
+        y = n if bias is None else n + bias.data
     parents = tuple(t for t in (x, weight, bias) if t is not None)
 
     def backward(dy):
-        rows = tuple(range(dy.ndim - 1))                          # every axis but the last
-        dn = dy if weight is None else dy * weight.data           # (..., C)
-        dx = rstd * (dn - dn.mean(axis=-1, keepdims=True)
-                     - n * (dn * n).mean(axis=-1, keepdims=True))
-        grads = [dx]
+        dn = dy * weight.data if weight is not None else dy.copy()   # (..., C), reused as dx
+        mean_dn = dn.mean(axis=-1, keepdims=True)                 # (..., 1)
+        mean_dn_n = xp.einsum("...c,...c->...", dn, n)[..., None] / C   # (..., 1)
+        dn -= mean_dn
+        dn -= n * mean_dn_n
+        dn *= rstd                                                # dx, built in place
+        grads = [dn]
+        rows_dy, rows_n = dy.reshape(-1, C), n.reshape(-1, C)     # (rows, C)
         if weight is not None:
-            grads.append((dy * n).sum(axis=rows) if weight.requires_grad else None)
+            grads.append(xp.einsum("rc,rc->c", rows_dy, rows_n) if weight.requires_grad
+                         else None)
         if bias is not None:
-            grads.append(dy.sum(axis=rows) if bias.requires_grad else None)
+            grads.append(rows_dy.sum(axis=0) if bias.requires_grad else None)
         return tuple(grads)
     return make(y, parents, "layer_norm", backward)
