@@ -10,6 +10,7 @@ import tensor
 from strategies import broadcast_pairs, graph_ops, normal, positive, rng_for, seeds, shapes
 from tensor import Tensor, detect_anomaly, no_grad
 from tensor.gradcheck import gradcheck
+from tensor.graph import topological_order
 
 requires_gpu = pytest.mark.skipif(not tensor.cuda_available(),
                                   reason="needs CuPy and a CUDA GPU (none found)")
@@ -63,6 +64,21 @@ def _graph_nodes(out):
             seen[id(node)] = node
             stack.extend(node._parents)
     return seen
+
+
+def test_a_tensor_reused_at_every_step_is_visited_once():
+    """y = y + y, 40 times: 2^40 paths from the output to x. The topological order must
+    list each node once (else backward takes exponential time) and dy/dx = 2^40."""
+    t = leaf([1.0, -1.0])
+    y = t
+    for _ in range(40):
+        y = y + y
+    order = topological_order(y)
+    assert len(order) == len({id(node) for node in order}) == 41
+    assert all(order.index(parent) < order.index(node)
+               for node in order for parent in node._parents)
+    y.backward(np.ones(2))
+    np.testing.assert_array_equal(t.grad, [2.0 ** 40] * 2)
 
 
 def test_backward_twice_with_retain_graph_accumulates():

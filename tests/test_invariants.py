@@ -24,6 +24,20 @@ def shape_and_axis(draw, min_dims=1):
     return shape, draw(st.integers(-len(shape), len(shape) - 1))
 
 
+# ----- max ---------------------------------------------------------------------------------
+@given(shape=shapes(min_dims=1), seed=seeds, data=st.data())
+def test_max_shares_the_gradient_equally_between_tied_maxima(shape, seed, data):
+    """Along the last axis, k copies of the row's maximum each get 1/k of its gradient."""
+    rng = rng_for(seed)
+    x = rng.integers(-3, 3, shape).astype(np.float64)         # small integers: many ties
+    t = f64(x, requires_grad=True)
+    upstream = normal(rng, shape[:-1])
+    t.max(axis=-1).backward(upstream)
+    winners = x == x.max(axis=-1, keepdims=True)
+    expected = winners / winners.sum(axis=-1, keepdims=True) * upstream[..., None]
+    np.testing.assert_allclose(t.grad, expected, rtol=1e-14, atol=0)
+
+
 # ----- softmax and log_softmax ------------------------------------------------------------
 @given(case=shape_and_axis(), seed=seeds, scale=st.sampled_from([1.0, 10.0, 100.0]))
 def test_softmax_is_a_distribution_along_its_axis(case, seed, scale):
@@ -129,6 +143,15 @@ def test_cross_entropy_ignored_rows_change_nothing_and_get_zero_gradient(
     np.testing.assert_array_equal(grad_changed[~ignored], grad[~ignored])
     assert np.all(grad[ignored] == 0) and np.all(grad_changed[ignored] == 0)
     assert np.any(grad[~ignored] != 0)
+
+
+def test_cross_entropy_with_every_row_ignored_is_nan_with_zero_gradient():
+    """As in PyTorch: the mean over no rows is NaN, and no row gets any gradient."""
+    logits = f64(normal(rng_for(0), (3, 4)), requires_grad=True)
+    loss = F.cross_entropy(logits, np.full(3, -100), ignore_index=-100)
+    assert np.isnan(loss.item())
+    loss.backward()
+    np.testing.assert_array_equal(logits.grad, np.zeros((3, 4)))
 
 
 # ----- gelu -------------------------------------------------------------------------------
