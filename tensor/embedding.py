@@ -29,7 +29,8 @@ def embedding(ids, weight):
     return make(y, (weight,), "embedding", backward)
 
 
-ONE_HOT_MAX_ROWS = 1024   # up to this vocabulary size the scatter-add is a matmul
+ONE_HOT_MAX_ROWS = 1024   # up to this vocabulary size the scatter-add is a matmul,
+ONE_HOT_MAX_ELEMENTS = 1 << 22   # as long as the (N, V) one-hot stays small (16 MiB float32)
 
 
 def scatter_add_rows(xp, num_rows, ids, rows):
@@ -37,7 +38,7 @@ def scatter_add_rows(xp, num_rows, ids, rows):
     out = xp.zeros((num_rows, rows.shape[1]), dtype=rows.dtype)
     if ids.size == 0:
         return out
-    if num_rows <= ONE_HOT_MAX_ROWS:
+    if num_rows <= ONE_HOT_MAX_ROWS and ids.size * num_rows <= ONE_HOT_MAX_ELEMENTS:
         # Small vocabulary: out = onehot(ids)^T @ rows, one (V, N) @ (N, C) matrix product.
         onehot = xp.zeros((ids.size, num_rows), dtype=rows.dtype)   # (N, V)
         onehot[xp.arange(ids.size), ids] = 1

@@ -120,6 +120,8 @@ def split(a, size, axis=0):
     piece is a getitem of `a`, so its gradient lands in its slice and the pieces' sum is da.
     """
     n = a.shape[axis]
+    if isinstance(size, int) and size <= 0:
+        raise ValueError(f"split size must be a positive integer, got {size}")
     sizes = [size] * (n // size) + ([n % size] if n % size else []) if isinstance(size, int) \
         else list(size)
     if sum(sizes) != n:
