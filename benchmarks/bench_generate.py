@@ -54,6 +54,10 @@ def parse_args(argv=None):
     p.add_argument("--json", metavar="PATH", help="also write every result to PATH as JSON")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny model, 32 tokens")
     p.add_argument("--no-torch", action="store_true", help="time our model only")
+    p.add_argument("--wait-load", type=float, metavar="X",
+                   help="before each child, wait (up to --max-wait s) for the 1-minute load "
+                        "average to drop below X (the machine is shared)")
+    p.add_argument("--max-wait", type=float, default=300, help="seconds (default 300)")
     p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     p.add_argument("--shape", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -161,6 +165,7 @@ def main(argv=None):
 
     import numpy as np
     common.limit_threads(args.threads)
+    common.wait_for_load(args.wait_load, args.max_wait)
     load_before = common.load_average()
     modes = [m for m in MODES if not (args.no_torch and m.startswith("torch"))]
     results = {}
@@ -170,7 +175,9 @@ def main(argv=None):
             argv = [os.path.abspath(__file__), "--child", mode, "--shape", name,
                     "--tokens", str(args.tokens), "--prompt", str(args.prompt),
                     "--reps", str(args.reps), "--threads", str(args.threads)]
+            load = common.wait_for_load(args.wait_load, args.max_wait)
             r = common.run_child(argv, common.thread_env(args.threads))
+            r["load_at_start"] = load
             if "times_s" in r:
                 r["median_s"] = statistics.median(r["times_s"])
                 r["tokens_per_s"] = args.tokens / r["median_s"]
@@ -199,7 +206,7 @@ def main(argv=None):
         cached = per.get("ours_cached", {}).get("median_s")
         for mode, r in per.items():
             if "error" in r:
-                rows.append([name, LABELS[mode]] + ["error"] * 6)
+                rows.append([name, LABELS[mode]] + ["error"] * 7)
                 print(f"{name} {mode}: {r['error']}", file=sys.stderr)
                 continue
             speedup = "-" if cached is None else f"{r['median_s'] / cached:.2f}"
@@ -207,11 +214,12 @@ def main(argv=None):
                          common.fmt(r["tokens_per_s"], 1), speedup,
                          f"{r['forward_calls']} / {r['tokens_run']:,}",
                          common.fmt(r["peak_rss_mb"], 0),
-                         f"yes (block {shape['block_size']})" if crop else "no"])
+                         f"yes (block {shape['block_size']})" if crop else "no",
+                         f"{r['load_at_start']:.2f}"])
     print(common.markdown_table(
-        ["shape", "mode", "ms / run", "tokens/s", "cached speed-up (x)",
-         "forward calls / tokens run", "peak RSS MiB", "crop path"], rows))
-    print("\ncached speed-up = this row's time / ours-with-cache time (> 1: the cache is faster)")
+        ["shape", "mode", "ms / run", "tokens/s", "time / cached time",
+         "forward calls / tokens run", "peak RSS MiB", "crop path", "load at start"], rows))
+    print("\ntime / cached time = this row's median / ours-with-KV-cache median (> 1: slower than cached)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "shapes": {k: SHAPES[k] for k in args.shapes},

@@ -69,6 +69,10 @@ def parse_args(argv=None):
     p.add_argument("--torch-attn", choices=("mask", "sdpa"), default="mask",
                    help="reference attention: explicit causal mask like ours (default), or "
                         "torch's fused scaled_dot_product_attention (nanoGPT's flash path)")
+    p.add_argument("--wait-load", type=float, metavar="X",
+                   help="before each child, wait (up to --max-wait s) for the 1-minute load "
+                        "average to drop below X (the machine is shared)")
+    p.add_argument("--max-wait", type=float, default=300, help="seconds (default 300)")
     p.add_argument("--child", choices=("ours", "torch"), help=argparse.SUPPRESS)
     p.add_argument("--shape", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -160,7 +164,9 @@ def run_child(kind, name, args):
     argv = [os.path.abspath(__file__), "--child", kind, "--shape", name,
             "--steps", str(args.steps), "--warmup", str(args.warmup),
             "--threads", str(args.threads), "--torch-attn", args.torch_attn]
+    load = common.wait_for_load(args.wait_load, args.max_wait)
     result = common.run_child(argv, common.thread_env(args.threads))
+    result["load_at_start"] = load
     if "error" not in result:
         shape = SHAPES[name]
         tokens = shape["batch"] * shape["block_size"]
@@ -182,6 +188,7 @@ def main(argv=None):
     common.set_threads(args.threads)
     import numpy as np
     common.limit_threads(args.threads)
+    common.wait_for_load(args.wait_load, args.max_wait)
     load_before = common.load_average()
     peak_n = 512 if args.quick else 2048
     peak_before = common.matmul_peak_gflops(peak_n)
@@ -189,6 +196,7 @@ def main(argv=None):
     results = {}
     for name in args.shapes:
         results[name] = {kind: run_child(kind, name, args) for kind in kinds}
+    common.wait_for_load(args.wait_load, args.max_wait)
     peak_after = common.matmul_peak_gflops(peak_n)
     peak = max(peak_before, peak_after)
     load_after = common.load_average()
@@ -219,21 +227,21 @@ def main(argv=None):
 
     rows = []
     for name, per_kind in results.items():
-        shape = SHAPES[name]
         for kind, r in per_kind.items():
             label = "ours (NumPy)" if kind == "ours" else "PyTorch eager"
             if "error" in r:
-                rows.append([name, label] + ["error"] * 7)
+                rows.append([name, label] + ["error"] * 8)
                 print(f"{name} {kind}: {r['error']}", file=sys.stderr)
                 continue
             rows.append([name, label, common.fmt(r["median_s"] * 1e3, 1),
                          common.fmt(min(r["times_s"]) * 1e3, 1),
                          common.fmt(r["tokens_per_s"], 0), common.fmt(r["gflops"], 1),
                          common.fmt(100 * r["fraction_of_peak"], 1),
-                         common.fmt(r["peak_rss_mb"], 0), f"{r['n_params'] / 1e6:.2f}M"])
+                         common.fmt(r["peak_rss_mb"], 0), f"{r['n_params'] / 1e6:.2f}M",
+                         f"{r['load_at_start']:.2f}"])
     print(common.markdown_table(
         ["shape", "framework", "ms/step (median)", "ms/step (min)", "tokens/s", "GFLOP/s",
-         "% of fp32 peak", "peak RSS MiB", "N"], rows))
+         "% of fp32 peak", "peak RSS MiB", "N", "load at start"], rows))
 
     ratio_rows = []
     for name, per_kind in results.items():

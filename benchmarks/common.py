@@ -5,7 +5,7 @@ import time: NumPy must not be imported before the thread count is fixed).
     median_time(fn, ...)   run fn warm-up times, then time it; (median, all times) in seconds
     peak_rss_mb()          this process's peak resident set size (resource.getrusage)
     matmul_peak_gflops()   float32 GEMM throughput of np.matmul on a large square product
-    load_average()         os.getloadavg() as a string
+    load_average()         os.getloadavg() as a string; wait_for_load(x) waits for < x
     blas_info(np), torch_blas(torch), cpu_name(), machine_info()
     run_child(argv, env)   run a benchmark child process and read back its one JSON result
     markdown_table(...)    a Markdown table from a header and rows
@@ -87,6 +87,16 @@ def matmul_peak_gflops(n=2048, reps=10):
         np.matmul(a, b, out=out)
         best = min(best, time.perf_counter() - t0)
     return 2.0 * n ** 3 / best / 1e9
+
+
+def wait_for_load(threshold, max_wait=300.0, poll=5.0):
+    """Sleep until the 1-minute load average is below threshold (None: do not wait), for at
+    most max_wait seconds. Returns the 1-minute load average when it stops waiting."""
+    deadline = time.monotonic() + max_wait
+    while threshold is not None and os.getloadavg()[0] >= threshold \
+            and time.monotonic() < deadline:
+        time.sleep(poll)
+    return os.getloadavg()[0]
 
 
 def load_average():
