@@ -14,6 +14,15 @@ import math
 from tensor import backend
 
 
+CHUNK = 1 << 16   # elements updated at a time on the CPU: the update's temporaries stay in L2
+
+
+def chunks(xp, start, end):
+    """Slices covering [start, end) in CHUNK-sized pieces (one piece on a GPU)."""
+    step = end - start if xp.__name__ == "cupy" else CHUNK
+    return [slice(lo, min(lo + step, end)) for lo in range(start, end, max(step, 1))]
+
+
 class FlatOptimizer:
     """Packs the parameters of each group into flat data and grad buffers (see above)."""
 
@@ -88,32 +97,34 @@ class AdamW(FlatOptimizer):
                                   "weight_decay": weight_decay})
         self.m = self.xp.zeros_like(self.flat)       # first moment (mean of gradients)
         self.v = self.xp.zeros_like(self.flat)       # second moment (mean of squared gradients)
-        self.scratch = self.xp.empty_like(self.flat)
+        self.scratch = self.xp.empty(min(self.flat.size, CHUNK), self.flat.dtype)
         self.t = 0                                   # steps taken
 
     def step(self):
         xp = self.xp
         self.gather_grads()
         self.t += 1
-        for group, p, g in self.segments():
-            s = slice(group["start"], group["end"])
-            m, v, tmp = self.m[s], self.v[s], self.scratch[s]
+        for group in self.param_groups:
             lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
-            if group["weight_decay"]:
-                p *= 1 - lr * group["weight_decay"]
-            m *= b1
-            xp.multiply(g, 1 - b1, out=tmp)
-            m += tmp                                        # m = b1 m + (1 - b1) g
-            v *= b2
-            xp.multiply(g, g, out=tmp)
-            tmp *= 1 - b2
-            v += tmp                                        # v = b2 v + (1 - b2) g^2
-            xp.sqrt(v, out=tmp)
-            tmp *= 1 / math.sqrt(1 - b2 ** self.t)
-            tmp += eps                                      # sqrt(v_hat) + eps
-            xp.divide(m, tmp, out=tmp)
-            tmp *= lr / (1 - b1 ** self.t)                  # lr * m_hat / (sqrt(v_hat) + eps)
-            p -= tmp
+            decay = 1 - lr * group["weight_decay"]
+            for s in chunks(xp, group["start"], group["end"]):   # L2-sized pieces
+                p, g, m, v = self.flat[s], self.flat_grad[s], self.m[s], self.v[s]
+                tmp = self.scratch[:p.size]
+                if decay != 1:
+                    p *= decay                                  # p = p - lr wd p
+                m *= b1
+                xp.multiply(g, 1 - b1, out=tmp)
+                m += tmp                                        # m = b1 m + (1 - b1) g
+                v *= b2
+                xp.multiply(g, g, out=tmp)
+                tmp *= 1 - b2
+                v += tmp                                        # v = b2 v + (1 - b2) g^2
+                xp.sqrt(v, out=tmp)
+                tmp *= 1 / math.sqrt(1 - b2 ** self.t)
+                tmp += eps                                      # sqrt(v_hat) + eps
+                xp.divide(m, tmp, out=tmp)
+                tmp *= lr / (1 - b1 ** self.t)                  # lr m_hat / (sqrt(v_hat) + eps)
+                p -= tmp
 
     def state_dict(self):
         return {"t": self.t, "m": self.m, "v": self.v}

@@ -6,6 +6,10 @@ array-module interface the two share, so the same code runs on the CPU and on a 
     device "cpu"  -> numpy
     device "cuda" -> cupy   (pip install "tinygrad_gpt[cuda]"; needs an NVIDIA GPU)
 """
+import ctypes
+import os
+import sys
+
 import numpy as np
 
 try:  # CuPy is optional: importing it must never break the CPU path.
@@ -14,6 +18,30 @@ except Exception:  # ImportError, or a CuPy build that fails to load its CUDA li
     _cupy = None
 
 DEVICES = ("cpu", "cuda")
+
+
+def keep_freed_memory():
+    """Memory for speed: ask glibc's malloc to keep freed memory for reuse.
+
+    A training step allocates and frees the same few hundred arrays every iteration. By
+    default glibc returns big blocks to the OS (munmap / trim) and the next step takes
+    them back with fresh page faults: tens of thousands per step, 10-30% of a step's time
+    here. Raising the mmap and trim thresholds keeps up to ~1 GiB of freed memory in the
+    process for the next step (RSS stays near its peak instead of breathing). Linux/glibc
+    only; a no-op elsewhere. Set TINYGRAD_GPT_MALLOC=default to skip it.
+    """
+    if sys.platform != "linux" or os.environ.get("TINYGRAD_GPT_MALLOC") == "default":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3     # glibc's mallopt keys
+    return all(libc.mallopt(key, value) == 1 for key, value in
+               ((M_MMAP_THRESHOLD, 32 << 20), (M_TRIM_THRESHOLD, 1 << 30), (M_TOP_PAD, 64 << 20)))
+
+
+keep_freed_memory()
 
 
 def cuda_available():

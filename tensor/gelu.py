@@ -11,6 +11,13 @@ from .tensor import make
 
 S = math.sqrt(2.0 / math.pi)
 K = 0.044715
+CHUNK = 1 << 14   # elements per block on the CPU: each block's temporaries stay in L2 cache
+
+
+def blocks(xp, n):
+    """Slices covering range(n) in CHUNK-sized pieces (one piece on a GPU)."""
+    step = n if xp.__name__ == "cupy" else CHUNK
+    return [slice(lo, lo + step) for lo in range(0, n, max(step, 1))]
 
 
 def gelu(x, approximate="tanh"):
@@ -19,28 +26,41 @@ def gelu(x, approximate="tanh"):
         return gelu_erf(x)
     if approximate != "tanh":
         raise ValueError(f"gelu approximate={approximate!r}: use 'tanh' (GPT-2) or 'none' (erf)")
-    xp, a = x.xp, x.data
-    # Bug fix: asarray, because NumPy's a * a of a 0-d array is a scalar and tanh(out=)
-    # below then raised TypeError for a 0-d input. (A no-op for every other shape.)
-    t = xp.asarray(a * a)                             # computed in place, one array at a time:
-    t *= K * a                                        #   k x^3
-    t += a                                            #   x + k x^3
-    t *= S                                            #   u
-    xp.tanh(t, out=t)                                 #   t = tanh(u), saved for backward
-    y = 1 + t
-    y *= 0.5 * a                                      # 0.5 x (1 + t)
+    xp = x.xp
+    a = xp.ascontiguousarray(x.data).reshape(-1)      # flat view of x
+    t, y = xp.empty_like(a), xp.empty_like(a)         # t = tanh(u) is saved for backward
+    for part in blocks(xp, a.size):                   # cache-sized pieces, in place
+        ap, tp, yp = a[part], t[part], y[part]
+        xp.multiply(ap, ap, out=tp)
+        tp *= K
+        tp *= ap                                      # k x^3
+        tp += ap
+        tp *= S                                       # u = s (x + k x^3)
+        xp.tanh(tp, out=tp)                           # t
+        xp.add(tp, 1, out=yp)
+        yp *= ap
+        yp *= 0.5                                     # y = 0.5 x (1 + t)
 
     def backward(dy):
-        # dx = dy * (0.5 (1 + t) + 0.5 x (1 - t^2) s (1 + 3k x^2)), without big temporaries
-        du = a * a
-        du *= 3 * K
-        du += 1
-        du *= (0.5 * S) * a                           # 0.5 s x (1 + 3k x^2)
-        du *= 1 - t * t                               #   ... (1 - t^2)
-        du += 0.5 * t
-        du += 0.5                                     #   ... + 0.5 (1 + t)
-        du *= dy
-        return (du,)
+        dy = xp.ascontiguousarray(dy).reshape(-1)
+        dx, scratch = xp.empty_like(a), xp.empty(min(a.size, CHUNK), a.dtype)
+        for part in blocks(xp, a.size):
+            ap, tp, d = a[part], t[part], dx[part]
+            tmp = scratch[:d.size]
+            xp.multiply(ap, ap, out=d)
+            d *= 3 * K
+            d += 1
+            d *= 0.5 * S
+            d *= ap                                   # 0.5 s x (1 + 3k x^2)
+            xp.multiply(tp, tp, out=tmp)
+            xp.subtract(1, tmp, out=tmp)
+            d *= tmp                                  #   ... (1 - t^2)
+            xp.multiply(tp, 0.5, out=tmp)
+            d += tmp
+            d += 0.5                                  #   ... + 0.5 (1 + t)
+            d *= dy[part]                             # dx = dy * dy/dx
+        return (dx.reshape(x.shape),)
+    y = y.reshape(x.shape)
     return make(y, (x,), "gelu", backward)
 
 
