@@ -32,6 +32,8 @@ import statistics
 import sys
 import time
 
+from common import cpu_name, load_average, torch_blas   # shared with the other benchmarks
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
@@ -330,32 +332,6 @@ def openblas_core():
                 fn.restype = ctypes.c_char_p
                 return fn().decode()
     return None
-
-
-def torch_blas(torch):
-    config = torch.__config__.show()
-    for part in config.replace("\n", ",").split(","):
-        if "BLAS_INFO" in part:
-            return part.split("=")[-1].strip()
-    return "mkl" if torch.backends.mkl.is_available() else "unknown"
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average():
-    try:
-        return "%.2f, %.2f, %.2f" % os.getloadavg()
-    except OSError:
-        return "unavailable"
 
 
 def fmt_ms(seconds):
