@@ -143,3 +143,14 @@ def test_errors_from_a_real_process_have_no_traceback(tmp_path):
                              "--n_head=4"], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_a_closed_pipe_ends_a_cli_quietly():
+    """`python -m tinygrad_gpt.gradcheck --list | head -1`: no BrokenPipeError traceback."""
+    child = subprocess.Popen([sys.executable, "-m", "tinygrad_gpt.gradcheck", "--list"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.readline()
+    child.stdout.close()                      # the reader goes away after one line
+    err = child.stderr.read().decode()
+    child.wait()
+    assert "Traceback" not in err and "BrokenPipeError" not in err

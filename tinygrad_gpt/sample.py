@@ -116,4 +116,5 @@ def run(args):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import run
+    run(main)

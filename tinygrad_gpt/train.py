@@ -262,4 +262,5 @@ def raise_nan(it, loss, last, out_dir):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import run
+    run(main)
