@@ -187,17 +187,17 @@ class Tensor:
             dy = grads.pop(id(node), None)
             if dy is None:
                 continue
-            if node._backward is None:           # a leaf: accumulate into .grad
-                if node.grad is None:
-                    node.grad = xp.array(dy, dtype=node.dtype, copy=True)  # own it
-                else:
-                    node.grad += dy
+            if node._backward is None:           # backward() called on a leaf itself
+                _accumulate(node, dy)
                 continue
             input_grads = node._backward(dy)
             if _anomaly_mode:
                 check_grads(node, input_grads)
             for parent, dparent in zip(node._parents, input_grads):
                 if dparent is None or not parent.requires_grad:
+                    continue
+                if parent._backward is None:     # a leaf (a parameter): add into its .grad
+                    _accumulate(parent, dparent) # now, in place, with no summed temporary
                     continue
                 key = id(parent)
                 grads[key] = dparent if key not in grads else grads[key] + dparent
@@ -247,6 +247,14 @@ class Tensor:
 
     @staticmethod
     def stack(tensors, axis=0): return movement.stack(tensors, axis)
+
+
+def _accumulate(leaf, g):
+    """leaf.grad += g; the first gradient is copied so .grad never aliases another array."""
+    if leaf.grad is None:
+        leaf.grad = leaf.xp.array(g, dtype=leaf.dtype, copy=True)
+    else:
+        leaf.grad += g
 
 
 def make(data, parents, op, backward):
