@@ -79,7 +79,7 @@ class CausalSelfAttention(Module):
 
     def attend_composed(self, q, k, v, past=0):
         """The attention core from engine ops: q (B, nh, T, hs), k and v (B, nh, L, hs)."""
-        T, hs, L = q.shape[2], q.shape[3], k.shape[2]      # L = past + T keys are visible
+        hs, L = q.shape[3], k.shape[2]                     # L = past + T keys are visible
         # (B, nh, T, hs) @ (B, nh, hs, L) -> (B, nh, T, L): every query against every key
         scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
         future = self.future[past:L, :L]                   # queries are positions past..L-1

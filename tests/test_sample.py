@@ -62,3 +62,18 @@ def test_sampling_from_a_hugging_face_layout_folder(tmp_path, capsys):
                       "--num_samples", "1", "--max_new_tokens", "12", "--temperature", "0")
     expected = model.generate([tok.encode("But soft")], 12, temperature=0)[0]
     assert out == tok.decode(expected.tolist()) + "\n"
+
+
+def test_the_module_entry_points_run(run_dir):
+    """`python -m tinygrad_gpt.sample` / `.attention` (their __main__ blocks), end to end."""
+    import subprocess
+    import sys
+    sample_run = subprocess.run([sys.executable, "-m", "tinygrad_gpt.sample", "--out_dir",
+                                 str(run_dir), "--num_samples", "1", "--max_new_tokens", "5",
+                                 "--start", "ROMEO:"], capture_output=True, text=True)
+    assert sample_run.returncode == 0, sample_run.stderr
+    assert sample_run.stdout.startswith("ROMEO:")
+    attention_run = subprocess.run([sys.executable, "-m", "tinygrad_gpt.attention", "--out_dir",
+                                    str(run_dir), "--text", "ROMEO:", "--format", "text"],
+                                   capture_output=True, text=True)
+    assert attention_run.returncode == 0, attention_run.stderr

@@ -187,5 +187,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from .cli import run
-    run(main)
+    from .cli import run as run_cli
+    run_cli(main)

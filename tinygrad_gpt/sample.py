@@ -116,5 +116,5 @@ def run(args):
 
 
 if __name__ == "__main__":
-    from .cli import run
-    run(main)
+    from .cli import run as run_cli
+    run_cli(main)

@@ -11,7 +11,7 @@ import argparse
 import difflib
 import functools
 import inspect
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 try:
     import tomllib
@@ -211,6 +211,3 @@ def _field_comments():
             comments[key] = comment.strip()
     return comments
 
-
-def to_dict(config):
-    return asdict(config)

@@ -262,5 +262,5 @@ def raise_nan(it, loss, last, out_dir):
 
 
 if __name__ == "__main__":
-    from .cli import run
-    run(main)
+    from .cli import run as run_cli
+    run_cli(main)
