@@ -17,6 +17,12 @@ def test_every_nanogpt_key_exists_and_is_documented_in_help():
         assert f"--{key}" in help_text
 
 
+def test_every_setting_has_a_help_sentence():
+    actions = {a.dest: a.help for a in build_parser("x")._actions}
+    for key in FIELDS:
+        assert not actions[key].startswith("(default"), f"--{key} has no description"
+
+
 @pytest.mark.parametrize("argv", [
     ["--max_iters=7", "--bias=True"], ["--max_iters", "7", "--bias", "true"],
     ["--max-iters=7", "--bias"], ["--max-iters", "7", "--bias=1"],

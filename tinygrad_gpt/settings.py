@@ -37,29 +37,29 @@ class TrainConfig:
     sample_tokens: int = 200            # tokens sampled at each evaluation (0 = none)
     # model
     model: str = "gpt"                  # gpt | bigram
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
+    n_layer: int = 4                    # transformer blocks
+    n_head: int = 4                     # attention heads per block
+    n_embd: int = 128                   # width of the residual stream (divisible by n_head)
     block_size: int = 64                # context length
-    dropout: float = 0.0
+    dropout: float = 0.0                # dropout probability while training
     bias: bool = False                  # biases in Linear and LayerNorm layers
     # optimization (AdamW)
     batch_size: int = 12                # sequences per micro-batch
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-3
-    max_iters: int = 2000
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
+    gradient_accumulation_steps: int = 1  # micro-batches summed into one optimizer step
+    learning_rate: float = 1e-3         # peak learning rate (after warmup)
+    max_iters: int = 2000               # optimizer steps in total
+    weight_decay: float = 0.1           # AdamW decay on 2-D weights (not biases/gains)
+    beta1: float = 0.9                  # AdamW first-moment decay
+    beta2: float = 0.99                 # AdamW second-moment decay
     grad_clip: float = 1.0              # clip the global gradient norm to this (0 = off)
     decay_lr: bool = True               # warmup + cosine decay (else constant learning_rate)
-    warmup_iters: int = 100
+    warmup_iters: int = 100             # linear warmup steps
     lr_decay_iters: int = 2000          # ~ max_iters, per Chinchilla
     min_lr: float = 1e-4                # ~ learning_rate / 10
     # system
     device: str = "cpu"                 # cpu | cuda
     dtype: str = "float32"              # float32 | float64
-    seed: int = 1337
+    seed: int = 1337                    # seeds init, batches, dropout and samples
     overfit_batch: bool = False         # train on one fixed batch (loss should reach ~0)
 
     def validate(self):
@@ -81,7 +81,8 @@ class TrainConfig:
         if not 0 <= self.dropout < 1:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise UserError(f"--beta1 and --beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+            raise UserError(f"--beta1 and --beta2 must be in [0, 1), got {self.beta1}, "
+                            f"{self.beta2}")
         for name, allowed in (("tokenizer", ("char", "bpe")), ("model", ("gpt", "bigram")),
                               ("dtype", ("float32", "float64")), ("device", ("cpu", "cuda"))):
             if getattr(self, name) not in allowed:
