@@ -32,7 +32,7 @@ import statistics
 import sys
 import time
 
-from common import cpu_name, load_average, torch_blas   # shared with the other benchmarks
+from common import blas_info, cpu_name, load_average, torch_blas   # shared with the other benchmarks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
@@ -292,48 +292,6 @@ def output_shape(case, np):
 
 
 # ----- reporting ----------------------------------------------------------------------------
-def blas_info(np):
-    """What BLAS NumPy runs on: threadpoolctl's runtime view, else NumPy's build config."""
-    try:
-        from threadpoolctl import threadpool_info
-        pools = [f"{p.get('internal_api')} {p.get('version')} ({p.get('architecture')}, "
-                 f"{p.get('num_threads')} threads)" for p in threadpool_info()
-                 if p.get("user_api") == "blas"]
-        if pools:
-            return "; ".join(pools)
-    except ImportError:
-        pass
-    try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        info = f"{blas.get('name')} {blas.get('version')}"
-    except Exception:
-        return "unknown (see np.show_config())"
-    core = openblas_core()
-    return f"{info} ({core} kernels)" if core else info
-
-
-def openblas_core():
-    """The CPU kernels a DYNAMIC_ARCH OpenBLAS picked at run time (e.g. SkylakeX), or None."""
-    import ctypes
-    try:
-        with open("/proc/self/maps") as f:
-            libs = {line.split()[-1] for line in f if "openblas" in line and ".so" in line}
-    except OSError:
-        return None
-    for lib in sorted(libs):
-        try:
-            handle = ctypes.CDLL(lib)
-        except OSError:
-            continue
-        for symbol in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
-                       "openblas_get_corename64_", "openblas_get_corename"):
-            fn = getattr(handle, symbol, None)
-            if fn is not None:
-                fn.restype = ctypes.c_char_p
-                return fn().decode()
-    return None
-
-
 def fmt_ms(seconds):
     if seconds is None:
         return "-"

@@ -121,9 +121,33 @@ def blas_info(np):
     try:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         threads = os.environ.get("OPENBLAS_NUM_THREADS", "?")
-        return f"{blas.get('name')} {blas.get('version')} (OPENBLAS_NUM_THREADS={threads})"
+        info = f"{blas.get('name')} {blas.get('version')} (OPENBLAS_NUM_THREADS={threads})"
     except Exception:
         return "unknown (see np.show_config())"
+    core = openblas_core()
+    return f"{info}, {core} kernels" if core else info
+
+
+def openblas_core():
+    """The CPU kernels a DYNAMIC_ARCH OpenBLAS picked at run time (e.g. SkylakeX), or None."""
+    import ctypes
+    try:
+        with open("/proc/self/maps") as f:
+            libs = {line.split()[-1] for line in f if "openblas" in line and ".so" in line}
+    except OSError:
+        return None
+    for lib in sorted(libs):
+        try:
+            handle = ctypes.CDLL(lib)
+        except OSError:
+            continue
+        for symbol in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
+                       "openblas_get_corename64_", "openblas_get_corename"):
+            fn = getattr(handle, symbol, None)
+            if fn is not None:
+                fn.restype = ctypes.c_char_p
+                return fn().decode()
+    return None
 
 
 def torch_blas(torch):
