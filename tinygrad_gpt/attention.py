@@ -24,6 +24,7 @@ from nn import module_scopes
 from tensor import backend, no_grad, observe_ops
 
 from . import tokenizers
+from .cli import report_user_errors
 from .settings import UserError
 
 LEVELS = ".:-=+*#%@"        # weight 0 -> '.', weight 1 -> '@' (9 equal steps); masked -> ' '
@@ -179,11 +180,7 @@ def run(args):
 
 
 def main(argv=None):
-    try:
-        return run(parse_args(sys.argv[1:] if argv is None else argv))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return report_user_errors(run, parse_args(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,17 @@
-"""What every command-line tool does on the way out."""
+"""What every command-line tool does with bad input and on the way out."""
 import os
 import sys
+
+from .settings import UserError
+
+
+def report_user_errors(fn, *args):
+    """fn(*args), but a UserError becomes its one-line message on stderr and exit code 2."""
+    try:
+        return fn(*args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 def run(main):

@@ -17,6 +17,7 @@ from gpt.config import GPTConfig
 from tensor import backend
 
 from . import checkpoint, tokenizers
+from .cli import report_user_errors
 from .settings import UserError
 
 
@@ -76,11 +77,7 @@ def read_prompt(start):
 
 
 def main(argv=None):
-    try:
-        return run(parse_args(sys.argv[1:] if argv is None else argv))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return report_user_errors(run, parse_args(sys.argv[1:] if argv is None else argv))
 
 
 def run(args):

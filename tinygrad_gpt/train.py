@@ -22,6 +22,7 @@ from gpt.bigram import Bigram
 from tensor import backend, no_grad
 
 from . import checkpoint, data, report, settings, tokenizers
+from .cli import report_user_errors
 from .settings import UserError
 
 # Settings a resumed run may change; the rest must match the checkpoint.
@@ -114,11 +115,7 @@ def setup(argv):
 
 
 def main(argv=None):
-    try:
-        return train(sys.argv[1:] if argv is None else argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return report_user_errors(train, sys.argv[1:] if argv is None else argv)
 
 
 def train(argv):
