@@ -25,17 +25,22 @@ untimed ones; tokens/s = B*T / median; achieved GFLOP/s with nanoGPT's (PaLM's) 
 
 and that as a fraction of the machine's float32 matmul peak, measured in this same run
 with np.matmul on 2048 x 2048 matrices (best of 10, before and after; the higher is used).
-Each (shape, framework) runs in its own subprocess, so the peak RSS (getrusage) is that
-framework's at that shape alone. The thread count is fixed in every child (BLAS/OpenMP
+Each (shape, framework) runs in its own subprocesses, so the peak RSS (getrusage) is that
+framework's at that shape alone: --rounds children each (default 3), ours and PyTorch taking
+turns, the order flipping every round, and --steps timed steps (default 12) shared among
+them; the median is over all of a framework's steps. Taking turns matters on these shared
+2-core machines, whose speed drifts by 1.5x within minutes: a slow spell then falls on
+both frameworks instead of on whichever ran during it. The thread count is fixed in every child (BLAS/OpenMP
 environment variables for NumPy, torch.set_num_threads for PyTorch).
 
-    python benchmarks/bench_train_step.py                       # S, M, L; 10 steps; 2 threads
-    python benchmarks/bench_train_step.py --shapes S,M --steps 20 --json train.json
+    python benchmarks/bench_train_step.py                       # S, M, L; 12 steps; 2 threads
+    python benchmarks/bench_train_step.py --shapes S,M --steps 30 --rounds 5 --json train.json
     python benchmarks/bench_train_step.py --quick               # smoke run, a few seconds
 """
 import argparse
 import json
 import os
+import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -60,8 +65,13 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python benchmarks/bench_train_step.py",
                                 description="GPT train step: ours vs nanoGPT in PyTorch eager (CPU).")
     p.add_argument("--shapes", default="S,M,L", help="comma-separated, from S, M, L (default all)")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per run (default 10)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    p.add_argument("--steps", type=int, default=12,
+                   help="timed steps per framework and shape, over all rounds (default 12)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="children per framework and shape, ours and PyTorch taking turns "
+                        "(default 3)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed steps at the start of every child (default 2)")
     p.add_argument("--threads", type=int, default=2, help="BLAS/torch threads (default 2)")
     p.add_argument("--json", metavar="PATH", help="also write every result to PATH as JSON")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny shape, 2 steps")
@@ -77,13 +87,14 @@ def parse_args(argv=None):
     p.add_argument("--shape", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
-        args.shapes, args.steps, args.warmup = "XS", 2, 1
+        args.shapes, args.steps, args.warmup, args.rounds = "XS", 2, 1, 2
     args.shapes = [s.strip().upper() for s in args.shapes.split(",") if s.strip()]
     bad = [s for s in args.shapes if s not in SHAPES]
     if bad:
         p.error(f"unknown shape(s) {bad}: choose from S, M, L")
-    if args.steps < 1 or args.warmup < 0 or args.threads < 1:
-        p.error("--steps and --threads must be >= 1, --warmup >= 0")
+    if args.steps < 1 or args.rounds < 1 or args.warmup < 0 or args.threads < 1:
+        p.error("--steps, --rounds and --threads must be >= 1, --warmup >= 0")
+    args.rounds = min(args.rounds, args.steps)
     return args
 
 
@@ -101,6 +112,7 @@ def batch(shape):
 
 # ----- children: one framework at one shape, in its own process -------------------------
 def child_ours(shape, args):
+    import tensor  # noqa: F401  before NumPy, as the CLIs do: it tunes OpenBLAS's threads
     import numpy as np
     common.limit_threads(args.threads)
     import nn
@@ -160,20 +172,47 @@ def child_torch(shape, args):
 
 
 # ----- the parent: peak, children, tables ------------------------------------------------
-def run_child(kind, name, args):
+def run_child(kind, name, args, steps):
     argv = [os.path.abspath(__file__), "--child", kind, "--shape", name,
-            "--steps", str(args.steps), "--warmup", str(args.warmup),
+            "--steps", str(steps), "--warmup", str(args.warmup),
             "--threads", str(args.threads), "--torch-attn", args.torch_attn]
     load = common.wait_for_load(args.wait_load, args.max_wait)
     result = common.run_child(argv, common.thread_env(args.threads))
     result["load_at_start"] = load
-    if "error" not in result:
-        shape = SHAPES[name]
-        tokens = shape["batch"] * shape["block_size"]
-        fpt = flops_per_token(result["n_params"], shape)
-        result["tokens_per_s"] = tokens / result["median_s"]
-        result["flops_per_token"] = fpt
-        result["gflops"] = fpt * tokens / result["median_s"] / 1e9
+    return result
+
+
+def run_rounds(name, kinds, args):
+    """Ours and PyTorch take turns, `rounds` children each (the order flips every round),
+    so a slow spell of this shared machine lands on both; step times are pooled."""
+    per_round = [len(r) for r in _split(args.steps, args.rounds)]
+    runs = {kind: [] for kind in kinds}
+    for r, steps in enumerate(per_round):
+        for kind in (kinds if r % 2 == 0 else kinds[::-1]):
+            runs[kind].append(run_child(kind, name, args, steps))
+    return {kind: merge_runs(children, SHAPES[name]) for kind, children in runs.items()}
+
+
+def _split(n, parts):
+    return [range(i, n, parts) for i in range(parts)]
+
+
+def merge_runs(children, shape):
+    """One result from a framework's children: pooled step times, the highest peak RSS."""
+    errors = [c for c in children if "error" in c]
+    if errors:
+        return errors[0]
+    result = dict(children[0])
+    result["times_s"] = [t for c in children for t in c["times_s"]]
+    result["median_s"] = statistics.median(result["times_s"])
+    result["round_medians_s"] = [c["median_s"] for c in children]
+    result["peak_rss_mb"] = max(c["peak_rss_mb"] for c in children)
+    result["load_at_start"] = max(c["load_at_start"] for c in children)
+    tokens = shape["batch"] * shape["block_size"]
+    fpt = flops_per_token(result["n_params"], shape)
+    result["tokens_per_s"] = tokens / result["median_s"]
+    result["flops_per_token"] = fpt
+    result["gflops"] = fpt * tokens / result["median_s"] / 1e9
     return result
 
 
@@ -195,7 +234,7 @@ def main(argv=None):
     kinds = ["ours"] + ([] if args.no_torch else ["torch"])
     results = {}
     for name in args.shapes:
-        results[name] = {kind: run_child(kind, name, args) for kind in kinds}
+        results[name] = run_rounds(name, kinds, args)
     common.wait_for_load(args.wait_load, args.max_wait)
     peak_after = common.matmul_peak_gflops(peak_n)
     peak = max(peak_before, peak_after)
@@ -206,7 +245,8 @@ def main(argv=None):
                 r["fraction_of_peak"] = r["gflops"] / peak
 
     meta = {**common.machine_info(), "threads": args.threads, "numpy": np.__version__,
-            "numpy_blas": common.blas_info(np), "steps": args.steps, "warmup": args.warmup,
+            "numpy_blas": common.blas_info(np), "steps": args.steps, "rounds": args.rounds,
+            "warmup": args.warmup,
             "torch_attn": args.torch_attn, "load_before": load_before, "load_after": load_after,
             "matmul_peak_gflops": peak, "matmul_peak_before": peak_before,
             "matmul_peak_after": peak_after, "matmul_peak_n": peak_n}
@@ -222,7 +262,8 @@ def main(argv=None):
     print(f"float32 matmul peak (np.matmul {peak_n}^2, best of 10): {peak:.1f} GFLOP/s "
           f"(before {peak_before:.1f}, after {peak_after:.1f})")
     print(f"load average before: {load_before}; after: {load_after}")
-    print(f"median of {args.steps} steps after {args.warmup} warm-up; "
+    print(f"median of {args.steps} steps per framework and shape, from {args.rounds} children "
+          f"each (ours and PyTorch taking turns), {args.warmup} warm-up steps per child; "
           "flops/token = 6 N + 12 n_layer C T\n")
 
     rows = []
@@ -241,7 +282,7 @@ def main(argv=None):
                          f"{r['load_at_start']:.2f}"])
     print(common.markdown_table(
         ["shape", "framework", "ms/step (median)", "ms/step (min)", "tokens/s", "GFLOP/s",
-         "% of fp32 peak", "peak RSS MiB", "N", "load at start"], rows))
+         "% of fp32 peak", "peak RSS MiB", "N", "max load at start"], rows))
 
     ratio_rows = []
     for name, per_kind in results.items():

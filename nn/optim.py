@@ -5,22 +5,18 @@ NumPy calls costs more Python time than arithmetic. So an optimizer packs every 
 into ONE flat buffer and makes each parameter's `.data` a view into it; gradients get a flat
 buffer too. A step is then a few whole-buffer array operations, whatever the parameter
 count. Parameter groups (e.g. decayed vs not) are contiguous segments of those buffers.
+On the CPU those operations run over L2-sized pieces of the buffers, on both cores
+(tensor/threads.py).
 
 Create the optimizer after moving the model to its device (`model.to`), since moving
 replaces the arrays the views point into.
 """
 import math
 
-from tensor import backend
+from tensor import backend, threads
 
 
 CHUNK = 1 << 16   # elements updated at a time on the CPU: the update's temporaries stay in L2
-
-
-def chunks(xp, start, end):
-    """Slices covering [start, end) in CHUNK-sized pieces (one piece on a GPU)."""
-    step = end - start if xp.__name__ == "cupy" else CHUNK
-    return [slice(lo, min(lo + step, end)) for lo in range(start, end, max(step, 1))]
 
 
 class FlatOptimizer:
@@ -62,7 +58,9 @@ class FlatOptimizer:
     def zero_grad(self):
         """Zero the flat gradient buffer; each parameter's .grad is its view into it, so
         backward() accumulates straight into the buffer (no copies)."""
-        self.flat_grad.fill(0)
+        flat_grad = self.flat_grad
+        threads.for_blocks(self.xp, flat_grad.size, lambda lo, hi: flat_grad[lo:hi].fill(0),
+                           16 * CHUNK)
         for p, grad_view in zip(self.params, self.views):
             p.grad = grad_view
 
@@ -97,7 +95,6 @@ class AdamW(FlatOptimizer):
                                   "weight_decay": weight_decay})
         self.m = self.xp.zeros_like(self.flat)       # first moment (mean of gradients)
         self.v = self.xp.zeros_like(self.flat)       # second moment (mean of squared gradients)
-        self.scratch = self.xp.empty(min(self.flat.size, CHUNK), self.flat.dtype)
         self.t = 0                                   # steps taken
 
     def step(self):
@@ -107,9 +104,14 @@ class AdamW(FlatOptimizer):
         for group in self.param_groups:
             lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
             decay = 1 - lr * group["weight_decay"]
-            for s in chunks(xp, group["start"], group["end"]):   # L2-sized pieces
+            v_scale = 1 / math.sqrt(1 - b2 ** self.t)            # sqrt(v_hat) = sqrt(v) * v_scale
+            step_size = lr / (1 - b1 ** self.t)                  # lr m_hat = m * step_size
+            start = group["start"]
+
+            def update(lo, hi):                                  # one L2-sized piece
+                s = slice(start + lo, start + hi)
                 p, g, m, v = self.flat[s], self.flat_grad[s], self.m[s], self.v[s]
-                tmp = self.scratch[:p.size]
+                tmp = xp.empty_like(p)
                 if decay != 1:
                     p *= decay                                  # p = p - lr wd p
                 m *= b1
@@ -120,11 +122,12 @@ class AdamW(FlatOptimizer):
                 tmp *= 1 - b2
                 v += tmp                                        # v = b2 v + (1 - b2) g^2
                 xp.sqrt(v, out=tmp)
-                tmp *= 1 / math.sqrt(1 - b2 ** self.t)
+                tmp *= v_scale
                 tmp += eps                                      # sqrt(v_hat) + eps
                 xp.divide(m, tmp, out=tmp)
-                tmp *= lr / (1 - b1 ** self.t)                  # lr m_hat / (sqrt(v_hat) + eps)
+                tmp *= step_size                                # lr m_hat / (sqrt(v_hat) + eps)
                 p -= tmp
+            threads.for_blocks(xp, group["end"] - start, update, CHUNK)
 
     def state_dict(self):
         return {"t": self.t, "m": self.m, "v": self.v}

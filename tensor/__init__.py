@@ -8,7 +8,14 @@ gradcheck.py checks every backward against finite differences.
     from tensor import Tensor, no_grad
     import tensor.functional as F
 """
-from . import functional
+import os
+
+# Before NumPy loads OpenBLAS (so import tensor before numpy): OpenBLAS's idle threads then
+# sleep right after a matmul instead of spinning for ~0.1 s, which leaves the second core
+# free for the elementwise work that threads.py splits over both cores.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+from . import functional  # noqa: E402  (after the environment line above)
 from .backend import cuda_available, manual_seed
 from .tensor import Tensor, detect_anomaly, no_grad, observe_ops
 

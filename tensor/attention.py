@@ -14,7 +14,7 @@ dv = (P m)^T dy and dP = (dy v^T) * m before the softmax backward.
 """
 import math
 
-from . import backend
+from . import backend, threads
 from .tensor import make
 
 _masks = {}   # (T, L, offset, device) -> additive causal mask of 0 / -inf, built once
@@ -42,11 +42,18 @@ def scaled_dot_product_attention(q, k, v, is_causal=True, offset=0, dropout_p=0.
     scale = 1.0 / math.sqrt(hs)
     qs = q.data * scale                                      # scale q (T x hs), not S (T x L)
     P = qs @ k.data.swapaxes(-1, -2)                         # (B, nh, T, L) scores
-    if is_causal:
-        P += causal_mask(xp, T, L, offset, q.device).astype(P.dtype, copy=False)
-    P -= P.max(axis=-1, keepdims=True)
-    xp.exp(P, out=P)
-    P /= P.sum(axis=-1, keepdims=True)                       # softmax: rows sum to 1
+    mask = causal_mask(xp, T, L, offset, q.device).astype(P.dtype, copy=False) \
+        if is_causal else None
+    heads = P.reshape(-1, T, L)                              # (B * nh, T, L), a view of P
+
+    def softmax_block(lo, hi):                               # heads lo..hi-1, in place
+        Ph = heads[lo:hi]
+        if mask is not None:
+            Ph += mask
+        Ph -= Ph.max(axis=-1, keepdims=True)
+        xp.exp(Ph, out=Ph)
+        Ph /= Ph.sum(axis=-1, keepdims=True)                 # softmax: rows sum to 1
+    threads.for_blocks(xp, heads.shape[0], softmax_block, threads.rows_per_block(T * L))
     keep = None
     if training and dropout_p > 0:
         rng = backend.generator(q.device)
@@ -57,10 +64,16 @@ def scaled_dot_product_attention(q, k, v, is_causal=True, offset=0, dropout_p=0.
         P_used = P if keep is None else P * keep
         dv = P_used.swapaxes(-1, -2) @ dy                    # (B, nh, L, hs)
         dP = dy @ v.data.swapaxes(-1, -2)                    # (B, nh, T, L)
-        if keep is not None:
-            dP *= keep
-        dP -= xp.einsum("...ij,...ij->...i", dP, P)[..., None]   # sum(dP * P) over keys
-        dP *= P                                              # dS, the scores' gradient
+        dP_heads = dP.reshape(-1, T, L)
+        keep_heads = None if keep is None else keep.reshape(-1, T, L)
+
+        def dscores_block(lo, hi):                           # dP -> dS for heads lo..hi-1
+            dPh, Ph = dP_heads[lo:hi], heads[lo:hi]
+            if keep_heads is not None:
+                dPh *= keep_heads[lo:hi]
+            dPh -= xp.einsum("hij,hij->hi", dPh, Ph)[..., None]   # sum(dP * P) over keys
+            dPh *= Ph                                        # dS, the scores' gradient
+        threads.for_blocks(xp, dP_heads.shape[0], dscores_block, threads.rows_per_block(T * L))
         dq = dP @ k.data                                     # (B, nh, T, hs)
         dq *= scale                                          # S = (s q) k^T
         dk = dP.swapaxes(-1, -2) @ qs                        # (B, nh, L, hs)

@@ -7,21 +7,18 @@ erf form:   y = x Phi(x),  Phi(x) = 0.5 (1 + erf(x / sqrt(2)))
 """
 import math
 
+from . import threads
 from .tensor import make
 
 S = math.sqrt(2.0 / math.pi)
 K = 0.044715
-CHUNK = 1 << 14   # elements per block on the CPU: each block's temporaries stay in L2 cache
-
-
-def blocks(xp, n):
-    """Slices covering range(n) in CHUNK-sized pieces (one piece on a GPU)."""
-    step = n if xp.__name__ == "cupy" else CHUNK
-    return [slice(lo, lo + step) for lo in range(0, n, max(step, 1))]
 
 
 def gelu(x, approximate="tanh"):
-    """y = 0.5 x (1 + t);   dx = dy * (0.5 (1 + t) + 0.5 x (1 - t^2) s (1 + 3k x^2))"""
+    """y = 0.5 x (1 + t);   dx = dy * (0.5 (1 + t) + 0.5 x (1 - t^2) s (1 + 3k x^2))
+
+    The loops run over cache-sized blocks of the flat array, on both cores (threads.py).
+    """
     if approximate == "none":
         return gelu_erf(x)
     if approximate != "tanh":
@@ -29,8 +26,9 @@ def gelu(x, approximate="tanh"):
     xp = x.xp
     a = xp.ascontiguousarray(x.data).reshape(-1)      # flat view of x
     t, y = xp.empty_like(a), xp.empty_like(a)         # t = tanh(u) is saved for backward
-    for part in blocks(xp, a.size):                   # cache-sized pieces, in place
-        ap, tp, yp = a[part], t[part], y[part]
+
+    def forward_block(lo, hi):                        # in place, on a[lo:hi]
+        ap, tp, yp = a[lo:hi], t[lo:hi], y[lo:hi]
         xp.multiply(ap, ap, out=tp)
         tp *= K
         tp *= ap                                      # k x^3
@@ -40,13 +38,15 @@ def gelu(x, approximate="tanh"):
         xp.add(tp, 1, out=yp)
         yp *= ap
         yp *= 0.5                                     # y = 0.5 x (1 + t)
+    threads.for_blocks(xp, a.size, forward_block)
 
     def backward(dy):
         dy = xp.ascontiguousarray(dy).reshape(-1)
-        dx, scratch = xp.empty_like(a), xp.empty(min(a.size, CHUNK), a.dtype)
-        for part in blocks(xp, a.size):
-            ap, tp, d = a[part], t[part], dx[part]
-            tmp = scratch[:d.size]
+        dx = xp.empty_like(a)
+
+        def backward_block(lo, hi):
+            ap, tp, d = a[lo:hi], t[lo:hi], dx[lo:hi]
+            tmp = xp.empty_like(d)
             xp.multiply(ap, ap, out=d)
             d *= 3 * K
             d += 1
@@ -58,7 +58,8 @@ def gelu(x, approximate="tanh"):
             xp.multiply(tp, 0.5, out=tmp)
             d += tmp
             d += 0.5                                  #   ... + 0.5 (1 + t)
-            d *= dy[part]                             # dx = dy * dy/dx
+            d *= dy[lo:hi]                            # dx = dy * dy/dx
+        threads.for_blocks(xp, a.size, backward_block)
         return (dx.reshape(x.shape),)
     y = y.reshape(x.shape)
     return make(y, (x,), "gelu", backward)

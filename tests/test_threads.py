@@ -1,0 +1,160 @@
+"""tensor/threads.py: blocks cover the range once, errors come back, and no result depends
+on whether the blocks ran on one core or two (bitwise, for every op that uses them)."""
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import nn
+import tensor.functional as F
+from tensor import Tensor, threads
+
+
+@pytest.fixture
+def restore_threads():
+    before = threads.THREADS
+    yield
+    threads.set_threads(before)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 5000), block=st.integers(1, 700), count=st.sampled_from([1, 2]))
+def test_blocks_cover_range_exactly_once(n, block, count):
+    threads.set_threads(count)
+    try:
+        hits = np.zeros(n, dtype=np.int64)
+        seen = []
+
+        def body(lo, hi):
+            assert 0 <= lo < hi <= n and hi - lo <= block
+            hits[lo:hi] += 1
+            seen.append((lo, hi))
+        threads.for_blocks(np, n, body, block)
+        assert (hits == 1).all()
+        assert sorted(seen) == [(lo, min(lo + block, n)) for lo in range(0, n, block)]
+    finally:
+        threads.set_threads(2)
+
+
+def test_second_half_runs_on_the_helper(restore_threads):
+    threads.set_threads(2)
+    names = {}
+    threads.for_blocks(np, 4, lambda lo, hi: names.setdefault(lo, threading.current_thread()), 1)
+    assert names[0] is threading.current_thread() and names[1] is threading.current_thread()
+    assert names[2] is names[3] and names[2] is not threading.current_thread()
+
+
+def test_helper_error_is_raised_in_the_caller_and_the_pool_still_works(restore_threads):
+    threads.set_threads(2)
+
+    def body(lo, hi):
+        if lo == 3:
+            raise ZeroDivisionError("block 3")
+    with pytest.raises(ZeroDivisionError, match="block 3"):
+        threads.for_blocks(np, 4, body, 1)
+    out = np.zeros(4)
+    threads.for_blocks(np, 4, lambda lo, hi: out.__setitem__(slice(lo, hi), lo + 1), 1)
+    assert out.tolist() == [1, 2, 3, 4]
+
+
+def test_nested_calls_run_serially_instead_of_deadlocking(restore_threads):
+    threads.set_threads(2)
+    sums = np.zeros(4, dtype=np.int64)
+
+    def outer(lo, hi):
+        def inner(a, b):
+            sums[lo] += b - a                 # each outer block owns its own slot
+        threads.for_blocks(np, 10, inner, 3)
+    threads.for_blocks(np, 4, outer, 1)
+    assert sums.tolist() == [10, 10, 10, 10]
+
+
+def test_set_threads_checks_its_argument(restore_threads):
+    with pytest.raises(ValueError, match="use 1 or 2"):
+        threads.set_threads(3)
+
+
+def _run_both(fn):
+    """fn() once with every block on this thread and once split over two; both results."""
+    out = []
+    for count in (1, 2):
+        threads.set_threads(count)
+        out.append(fn())
+    threads.set_threads(2)
+    return out
+
+
+def _forward_backward(op, *shapes, seed=0):
+    def run():
+        rng = np.random.default_rng(seed)
+        xs = [Tensor(rng.standard_normal(s).astype(np.float32), requires_grad=True)
+              for s in shapes]
+        y = op(*xs)
+        y.backward(np.random.default_rng(seed + 1).standard_normal(y.shape).astype(np.float32))
+        return [y.data] + [x.grad for x in xs]
+    return run
+
+
+@pytest.mark.parametrize("name, run", [
+    ("gelu", _forward_backward(F.gelu, (3, 70001))),
+    ("layer_norm", _forward_backward(lambda x, w, b: F.layer_norm(x, w, b),
+                                     (4, 300, 384), (384,), (384,))),
+    ("attention", _forward_backward(
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+        (2, 3, 160, 16), (2, 3, 160, 16), (2, 3, 160, 16))),
+])
+def test_ops_are_bitwise_identical_on_one_or_two_threads(name, run, restore_threads):
+    one, two = _run_both(run)
+    for a, b in zip(one, two):
+        assert np.array_equal(a, b), name
+
+
+def test_cross_entropy_is_bitwise_identical_on_one_or_two_threads(restore_threads):
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((6, 5, 9000)).astype(np.float32)
+    targets = rng.integers(0, 9000, (6, 5))
+    targets[0, 0] = -1                                       # one ignored position
+
+    def run():
+        x = Tensor(logits.copy(), requires_grad=True)
+        loss = F.cross_entropy(x, targets)
+        loss.backward()
+        return [loss.data, x.grad]
+    one, two = _run_both(run)
+    for a, b in zip(one, two):
+        assert np.array_equal(a, b)
+
+
+def test_adamw_step_is_bitwise_identical_on_one_or_two_threads(restore_threads):
+    def run():
+        rng = np.random.default_rng(5)
+        params = [nn.Parameter(rng.standard_normal(s).astype(np.float32))
+                  for s in ((300, 700), (700,), (5, 40000))]
+        opt = nn.AdamW(nn.decay_groups(params, 0.1), lr=1e-2)
+        for _ in range(3):
+            opt.zero_grad()
+            for p in params:
+                p.grad[...] = rng.standard_normal(p.shape).astype(np.float32)
+            opt.step()
+        return [p.data.copy() for p in params] + [opt.m.copy(), opt.v.copy()]
+    one, two = _run_both(run)
+    for a, b in zip(one, two):
+        assert np.array_equal(a, b)
+
+
+def test_environment_variable_sets_the_default():
+    code = "from tensor import threads; print(threads.THREADS)"
+    env = dict(os.environ, TINYGRAD_GPT_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "1", out.stderr
+
+
+def test_importing_tensor_first_sets_openblas_thread_timeout():
+    code = "import os, tensor; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "4", out.stderr
