@@ -1,0 +1,51 @@
+"""The benchmark scripts run end to end (smoke size, our side only) and write the JSON
+that benchmarks/README.md quotes; the train-step pooling takes the median of all steps."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import bench_train_step  # noqa: E402
+
+
+def test_run_all_quick_writes_one_json_with_every_benchmark(tmp_path):
+    text = tmp_path / "poem.txt"
+    text.write_text("".join(f"Line {i}: the quick brown fox jumps over the lazy dog.\n"
+                            for i in range(400)))
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "run_all.py"),
+                           "--quick", "--no-torch", "--data", str(text), "--json", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert set(results) == {"meta", "train_step", "generate", "e2e"}
+    ours = results["train_step"]["results"]["XS"]["ours"]
+    assert ours["median_s"] > 0 and len(ours["times_s"]) == 2 and ours["peak_rss_mb"] > 0
+    assert 0 < ours["fraction_of_peak"] < 1
+    e2e = results["e2e"]["results"]["ours"]
+    assert e2e["final_iter"] == 20 and 0 < e2e["val_loss"] < 10
+    assert "torch" not in results["train_step"]["results"]["XS"]
+
+
+def test_rounds_pool_every_step_and_keep_the_highest_rss():
+    shape = bench_train_step.SHAPES["XS"]
+    children = [{"n_params": 1000, "median_s": 0.2, "times_s": [0.1, 0.2, 0.3],
+                 "peak_rss_mb": 50.0, "load_at_start": 0.5, "losses": [4.0]},
+                {"n_params": 1000, "median_s": 0.9, "times_s": [0.8, 0.9, 1.0],
+                 "peak_rss_mb": 70.0, "load_at_start": 1.5, "losses": [4.0]}]
+    merged = bench_train_step.merge_runs(children, shape)
+    assert merged["times_s"] == [0.1, 0.2, 0.3, 0.8, 0.9, 1.0]
+    assert merged["median_s"] == pytest.approx(0.55)
+    assert merged["peak_rss_mb"] == 70.0 and merged["load_at_start"] == 1.5
+    tokens = shape["batch"] * shape["block_size"]
+    assert merged["tokens_per_s"] == pytest.approx(tokens / 0.55)
+    assert bench_train_step.merge_runs([{"error": "boom"}] + children, shape) == {"error": "boom"}
+
+
+def test_steps_are_shared_among_rounds():
+    assert [len(r) for r in bench_train_step._split(12, 3)] == [4, 4, 4]
+    assert [len(r) for r in bench_train_step._split(10, 3)] == [4, 3, 3]
