@@ -89,6 +89,7 @@ def timed_runs(run, reps):
 
 # ----- children --------------------------------------------------------------------------
 def child_ours(shape, args, use_cache):
+    import tensor  # noqa: F401  before NumPy, as the CLIs do: it tunes OpenBLAS's threads
     import numpy as np
     common.limit_threads(args.threads)
     from gpt import GPT, GPTConfig
