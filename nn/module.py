@@ -116,6 +116,7 @@ class Module:
         device = backend.check_device(device)
         for p in self.parameters():
             p.data, p.device, p.grad = backend.to_device(p.data, device), device, None
+            p.grad_buffer = None        # an optimizer's buffer stays on the old device
         return self
 
     # ----- saving and loading -----------------------------------------------------------

@@ -56,17 +56,17 @@ class FlatOptimizer:
         self.zero_grad()
 
     def zero_grad(self):
-        """Zero the flat gradient buffer; each parameter's .grad is its view into it, so
-        backward() accumulates straight into the buffer (no copies)."""
-        flat_grad = self.flat_grad
-        threads.for_blocks(self.xp, flat_grad.size, lambda lo, hi: flat_grad[lo:hi].fill(0),
-                           16 * CHUNK)
+        """Empty every gradient (.grad = None, as torch's set_to_none) and point each
+        parameter's grad_buffer at its view of the flat gradient buffer: the next backward()
+        writes the first gradient straight into the buffer (tensor.py's _accumulate, and
+        linear's dW in place), and later ones add to it. Nothing is filled with zeros."""
         for p, grad_view in zip(self.params, self.views):
-            p.grad = grad_view
+            p.grad, p.grad_buffer = None, grad_view
 
     def gather_grads(self):
         """Make sure every gradient is in the flat buffer: a .grad that was replaced (e.g. by
-        model.zero_grad(), which sets None) is copied in. Returns the flat gradient."""
+        model.zero_grad(), which sets None) is copied in; a parameter that got no gradient
+        reads as zeros. Returns the flat gradient."""
         for p, grad_view in zip(self.params, self.views):
             if p.grad is None:
                 grad_view.fill(0)

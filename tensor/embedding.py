@@ -10,7 +10,7 @@ we sort the ids so equal ids sit together and sum each run with one `np.add.redu
 """
 import numpy as np
 
-from .tensor import Tensor, make
+from .tensor import Tensor, grad_destination, make
 
 
 def embedding(ids, weight):
@@ -25,7 +25,16 @@ def embedding(ids, weight):
     y = weight.data[ids]                                          # (..., C)
 
     def backward(dy):
-        return (scatter_add_rows(weight.xp, V, ids.reshape(-1), dy.reshape(-1, C)),)
+        flat_ids, rows = ids.reshape(-1), dy.reshape(-1, C)
+        if weight._backward is None and weight.grad is not None:
+            # a leaf that already has a gradient (a tied LM head's, or an earlier batch's):
+            # add the used rows into it in place, instead of a (V, C) array that is mostly 0
+            scatter_add_rows(weight.xp, V, flat_ids, rows, out=weight.grad)
+            return (None,)                                        # nothing left to add
+        out = grad_destination(weight)                            # the optimizer's buffer
+        if out is not None:
+            out.fill(0)
+        return (scatter_add_rows(weight.xp, V, flat_ids, rows, out=out),)
     return make(y, (weight,), "embedding", backward)
 
 
@@ -33,21 +42,24 @@ ONE_HOT_MAX_ROWS = 1024   # up to this vocabulary size the scatter-add is a matm
 ONE_HOT_MAX_ELEMENTS = 1 << 22   # as long as the (N, V) one-hot stays small (16 MiB float32)
 
 
-def scatter_add_rows(xp, num_rows, ids, rows):
-    """out (num_rows, C) with out[ids[i]] += rows[i] for every i (ids may repeat)."""
-    out = xp.zeros((num_rows, rows.shape[1]), dtype=rows.dtype)
+def scatter_add_rows(xp, num_rows, ids, rows, out=None):
+    """out[ids[i]] += rows[i] for every i (ids may repeat); out (num_rows, C) is zeros when
+    not given, else added into in place. Returns out."""
+    if out is None:
+        out = xp.zeros((num_rows, rows.shape[1]), dtype=rows.dtype)
     if ids.size == 0:
         return out
     if num_rows <= ONE_HOT_MAX_ROWS and ids.size * num_rows <= ONE_HOT_MAX_ELEMENTS:
-        # Small vocabulary: out = onehot(ids)^T @ rows, one (V, N) @ (N, C) matrix product.
+        # Small vocabulary: out += onehot(ids)^T @ rows, one (V, N) @ (N, C) matrix product.
         onehot = xp.zeros((ids.size, num_rows), dtype=rows.dtype)   # (N, V)
         onehot[xp.arange(ids.size), ids] = 1
-        return onehot.T @ rows
+        out += onehot.T @ rows
+        return out
     if xp is np:
         order = np.argsort(ids, kind="stable")
         sorted_ids = ids[order]
         run_starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
-        out[sorted_ids[run_starts]] = np.add.reduceat(rows[order], run_starts, axis=0)
+        out[sorted_ids[run_starts]] += np.add.reduceat(rows[order], run_starts, axis=0)
     else:
         import cupyx
         cupyx.scatter_add(out, ids, rows)

@@ -73,8 +73,8 @@ class Tensor:
     unless dtype says otherwise ('float64' for gradient checks); integer and bool data
     keep their kind (token ids are int64). `.grad` holds d(loss)/d(self) after backward().
     """
-    __slots__ = ("data", "grad", "requires_grad", "device", "op", "_parents", "_backward",
-                 "__weakref__")
+    __slots__ = ("data", "grad", "grad_buffer", "requires_grad", "device", "op", "_parents",
+                 "_backward", "__weakref__")
     # Bug fix: without this, `ndarray @ Tensor` (and ndarray * Tensor, np.float64 * Tensor)
     # was run by NumPy itself, treating the Tensor as an opaque object and returning an
     # object array. None tells NumPy to defer, so Python calls Tensor.__rmatmul__ etc.
@@ -93,6 +93,7 @@ class Tensor:
         if requires_grad and self.data.dtype.kind != "f":
             raise TypeError(f"requires_grad=True needs a float tensor, got {self.data.dtype}")
         self.grad = None
+        self.grad_buffer = None  # where the first gradient goes, if an optimizer gave one
         self.requires_grad = bool(requires_grad)
         self.device = device
         self.op = None          # name of the op that made this tensor (None for a leaf)
@@ -250,11 +251,29 @@ class Tensor:
 
 
 def _accumulate(leaf, g):
-    """leaf.grad += g; the first gradient is copied so .grad never aliases another array."""
-    if leaf.grad is None:
-        leaf.grad = leaf.xp.array(g, dtype=leaf.dtype, copy=True)
-    else:
+    """leaf.grad += g. The first gradient is copied (so .grad never aliases another array)
+    into the leaf's grad_buffer when an optimizer gave it one (nn/optim.py), which an op
+    may already have filled in place (grad_destination): then there is nothing to copy."""
+    if leaf.grad is not None:
         leaf.grad += g
+    elif leaf.grad_buffer is not None:
+        if g is not leaf.grad_buffer:
+            leaf.grad_buffer[...] = g
+        leaf.grad = leaf.grad_buffer
+    else:
+        leaf.grad = leaf.xp.array(g, dtype=leaf.dtype, copy=True)
+
+
+def grad_destination(t):
+    """For an op's backward: an array to write t's gradient into directly (out=...), when t
+    is a leaf with no gradient yet whose optimizer gave it a buffer; None otherwise.
+
+    Returning that same array as t's gradient saves a temporary and a copy: the engine sees
+    it is already in place. Use it only for a tensor that appears once among the op's inputs.
+    """
+    if t.requires_grad and t._backward is None and t.grad is None:
+        return t.grad_buffer
+    return None
 
 
 def make(data, parents, op, backward):
@@ -264,7 +283,7 @@ def make(data, parents, op, backward):
     gradient (or None) per parent, each with that parent's shape.
     """
     out = Tensor.__new__(Tensor)
-    out.data, out.grad, out.op = data, None, op
+    out.data, out.grad, out.grad_buffer, out.op = data, None, None, op
     out.device = parents[0].device
     out.requires_grad = _grad_enabled and any(p.requires_grad for p in parents)
     if out.requires_grad:

@@ -232,7 +232,56 @@ def test_parameters_become_views_into_one_flat_buffer():
     for name, p in net.named_parameters():
         assert np.shares_memory(p.data, opt.flat), name
         np.testing.assert_array_equal(p.data, before[name])   # values kept when packed
-        assert np.shares_memory(p.grad, opt.flat_grad), name
+        assert p.grad is None and np.shares_memory(p.grad_buffer, opt.flat_grad), name
+    ids, targets = batch(0)
+    net(ids, targets).backward()                 # the first gradients land in the buffer
+    for name, p in net.named_parameters():
+        assert p.grad is p.grad_buffer and np.shares_memory(p.grad, opt.flat_grad), name
+
+
+class TiedNet(Module):
+    """An embedding tied to the output layer, as GPT's token embedding and LM head."""
+
+    def __init__(self):
+        self.emb = Embedding(10, 6)
+        self.fc = Linear(6, 6)
+
+    def forward(self, ids, targets):
+        h = self.fc(self.emb(ids))
+        return F.cross_entropy(F.linear(h, self.emb.weight), targets)
+
+
+@pytest.mark.parametrize("make", [make_net, lambda: (tensor.manual_seed(0), TiedNet())[1]])
+def test_gradients_written_in_place_equal_the_plain_engine_s(make):
+    """With an optimizer, linear's dW goes straight into the empty buffer and embedding rows
+    are added into an existing gradient; without one, every gradient is a fresh array."""
+    plain, packed = make(), make()
+    opt = SGD(packed.parameters(), lr=0.1)
+    for _ in range(2):                                     # twice: both calls accumulate
+        for net in (plain, packed):
+            net(*batch(0)).backward()
+    for (name, p), q in zip(plain.named_parameters(), packed.parameters()):
+        assert q.grad is q.grad_buffer and np.shares_memory(q.grad, opt.flat_grad), name
+        np.testing.assert_allclose(q.grad, p.grad, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_linear_of_a_weight_with_itself_does_not_write_its_gradient_twice():
+    w0 = np.random.default_rng(0).standard_normal((4, 4))
+    expected = Parameter(w0, dtype=np.float64)
+    F.linear(expected, expected).sum().backward()
+    w = Parameter(w0, dtype=np.float64)
+    SGD([w], lr=0.1)                                       # gives w a grad_buffer
+    F.linear(w, w).sum().backward()                        # x is W: dx and dW both reach w
+    np.testing.assert_allclose(w.grad, expected.grad, rtol=1e-12)
+    ones = np.ones((4, 4))
+    np.testing.assert_allclose(w.grad, ones @ w0 + ones.T @ w0, rtol=1e-12)
+
+
+def test_moving_a_model_forgets_the_optimizer_buffers():
+    net = make_net()
+    SGD(net.parameters(), lr=0.1)
+    net.to("cpu")
+    assert all(p.grad_buffer is None for p in net.parameters())
 
 
 def test_a_parameter_in_two_groups_is_packed_once_in_the_first():
@@ -279,7 +328,9 @@ def test_gradients_accumulate_into_the_flat_buffer_until_zeroed():
     net(ids, targets).backward()
     np.testing.assert_allclose(opt.flat_grad, 2 * once, rtol=1e-12)
     opt.zero_grad()
-    assert not opt.flat_grad.any()
+    assert all(p.grad is None for p in net.parameters())
+    net(ids, targets).backward()                 # written over the old values, not added
+    np.testing.assert_allclose(opt.flat_grad, once, rtol=1e-12)
 
 
 def test_module_load_state_dict_keeps_the_optimizer_views_valid():

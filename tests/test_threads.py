@@ -138,7 +138,7 @@ def test_adamw_step_is_bitwise_identical_on_one_or_two_threads(restore_threads):
         for _ in range(3):
             opt.zero_grad()
             for p in params:
-                p.grad[...] = rng.standard_normal(p.shape).astype(np.float32)
+                p.grad = rng.standard_normal(p.shape).astype(np.float32)
             opt.step()
         return [p.data.copy() for p in params] + [opt.m.copy(), opt.v.copy()]
     one, two = _run_both(run)
