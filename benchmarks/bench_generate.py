@@ -11,12 +11,12 @@ tokens (default 256) with temperature 1.0 and plain sampling:
 
 tokens/s = new tokens / median wall time of --reps runs (after one short warm-up run).
 "tokens run" counts the positions pushed through the model per generate call (prompt
-prefill, one per cached step, the whole window per uncached step or re-fill).
+prefill, one per cached step, the whole window per uncached step).
 
 Both shapes exercise the crop path: S has block_size 64 and M 256, both < 8 + 256, so
 the context window slides. With learned absolute positions, a slid window invalidates every
-cached key, so our cached loop re-runs the full window from scratch once the cache is full
-(gpt/generate.py), i.e. from then on every step costs what an uncached step costs.
+cached key, so once the window slides our cached loop runs the full window without a cache
+(gpt/generate.py): from then on every step is an uncached step.
 
     python benchmarks/bench_generate.py                      # S and M, 3 reps, 2 threads
     python benchmarks/bench_generate.py --shapes M --json gen.json

@@ -6,9 +6,10 @@ Cached: the prompt is run once ("prefill") and each block keeps its keys and val
 each step runs only the newest token, whose query attends to the cached keys.
 
 Positions are learned absolute embeddings, so when the context grows past block_size the
-window must shift: every cached key was computed at a position that has now moved. The
-cached loop then re-runs the last block_size tokens from scratch (exactly what the uncached
-loop does), so cached and uncached generation give the same tokens.
+window must shift: every cached key was computed at a position that has now moved, and it
+moves again at every later step. From then on the cached loop runs exactly what the
+uncached loop does, the last block_size tokens without a cache (a cache refilled every step
+would only add bookkeeping), so cached and uncached generation give the same tokens.
 """
 import numpy as np
 
@@ -36,11 +37,11 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
         with no_grad():
             caches = None
             for _ in range(max_new_tokens):
-                if not use_cache:
+                if not use_cache or idx.shape[1] > block_size:   # (the window slides)
                     logits, _ = model(idx[:, -block_size:], last_only=True)
-                elif caches is None or len(caches[0]) >= block_size:
-                    caches = model.new_caches()          # (re)fill from the current window
-                    logits, _ = model(idx[:, -block_size:], caches=caches, last_only=True)
+                elif caches is None:
+                    caches = model.new_caches()          # prefill: the prompt, once
+                    logits, _ = model(idx, caches=caches, last_only=True)
                 else:
                     logits, _ = model(idx[:, -1:], caches=caches, last_only=True)
                 column = sample(backend.to_numpy(logits.data[:, -1, :]), temperature,

@@ -2,8 +2,9 @@
 
 Reading order: backend.py (numpy or cupy), tensor.py (the Tensor and backward), then the
 ops: elementwise.py, reduce.py, movement.py, matmul.py, and the fused ops gathered in
-functional.py (softmax.py, layernorm.py, gelu.py, embedding.py, cross_entropy.py).
-gradcheck.py checks every backward against finite differences.
+functional.py (softmax.py, layernorm.py, gelu.py, embedding.py, cross_entropy.py,
+attention.py); threads.py is how the biggest of those use both CPU cores. gradcheck.py
+checks every backward against finite differences.
 
     from tensor import Tensor, no_grad
     import tensor.functional as F
