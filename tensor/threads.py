@@ -62,6 +62,17 @@ _helper = None
 _in_use = threading.Lock()     # held while the helper has work: nested calls run serially
 
 
+def _forget_helper_after_fork():
+    """A forked child has no helper thread (fork copies only the calling thread): start a
+    fresh one on first use instead of waiting forever on the parent's."""
+    global _helper, _in_use
+    _helper, _in_use = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helper_after_fork)
+
+
 def rows_per_block(row_length):
     """How many rows of `row_length` elements make one block of about BLOCK elements."""
     return max(1, BLOCK // max(row_length, 1))

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -71,6 +72,29 @@ def test_nested_calls_run_serially_instead_of_deadlocking(restore_threads):
         threads.for_blocks(np, 10, inner, 3)
     threads.for_blocks(np, 4, outer, 1)
     assert sums.tolist() == [10, 10, 10, 10]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_its_own_helper(restore_threads):
+    threads.set_threads(2)
+    threads.for_blocks(np, 4, lambda lo, hi: None, 1)          # the parent's helper exists
+    out = np.zeros(4)
+    pid = os.fork()
+    if pid == 0:                                               # child: would hang on the
+        try:                                                   # parent's (absent) thread
+            threads.for_blocks(np, 4, lambda lo, hi: out.__setitem__(slice(lo, hi), 1), 1)
+            os._exit(0 if out.sum() == 4 else 1)
+        except BaseException:
+            os._exit(2)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    pytest.fail("the forked child hung in for_blocks")
 
 
 def test_set_threads_checks_its_argument(restore_threads):
