@@ -11,6 +11,9 @@ backward is four matrix products and a softmax backward:
 
 With dropout on the weights (training), y = (P * m) v with m the scaled keep-mask, so
 dv = (P m)^T dy and dP = (dy v^T) * m before the softmax backward.
+
+The work runs head by head in blocks (threads.py), half of them on a second core, each
+block from its scores to its output while its (T, L) weights are still in cache.
 """
 import math
 
@@ -40,42 +43,51 @@ def scaled_dot_product_attention(q, k, v, is_causal=True, offset=0, dropout_p=0.
     xp = q.xp
     T, hs, L = q.shape[-2], q.shape[-1], k.shape[-2]
     scale = 1.0 / math.sqrt(hs)
-    qs = q.data * scale                                      # scale q (T x hs), not S (T x L)
-    P = qs @ k.data.swapaxes(-1, -2)                         # (B, nh, T, L) scores
-    mask = causal_mask(xp, T, L, offset, q.device).astype(P.dtype, copy=False) \
+    lead = q.shape[:-2]                                      # (B, nh)
+    qs = xp.empty(q.shape, dtype=q.dtype)                    # C order, whatever q's strides
+    xp.multiply(q.data, scale, out=qs)                       # scale q (T x hs), not S (T x L)
+    qs = qs.reshape(-1, T, hs)                               # (B*nh, T, hs)
+    k3 = xp.ascontiguousarray(k.data).reshape(-1, L, hs)     # (B*nh, L, hs)
+    v3 = xp.ascontiguousarray(v.data).reshape(-1, L, hs)
+    mask = causal_mask(xp, T, L, offset, q.device).astype(qs.dtype, copy=False) \
         if is_causal else None
-    heads = P.reshape(-1, T, L)                              # (B * nh, T, L), a view of P
+    keep = None
+    if training and dropout_p > 0:
+        rng = backend.generator(q.device)
+        keep = (rng.random((qs.shape[0], T, L), dtype=qs.dtype) >= dropout_p) \
+            / qs.dtype.type(1 - dropout_p)                   # scaled keep-mask m
+    P = xp.empty((qs.shape[0], T, L), dtype=qs.dtype)        # (B*nh, T, L) weights, saved
+    y = xp.empty_like(qs)                                    # (B*nh, T, hs)
 
-    def softmax_block(lo, hi):                               # heads lo..hi-1, in place
-        Ph = heads[lo:hi]
+    def forward_block(lo, hi):                               # heads lo..hi-1, start to end
+        Ph = xp.matmul(qs[lo:hi], k3[lo:hi].swapaxes(-1, -2), out=P[lo:hi])   # scores
         if mask is not None:
             Ph += mask
         Ph -= Ph.max(axis=-1, keepdims=True)
         xp.exp(Ph, out=Ph)
         Ph /= Ph.sum(axis=-1, keepdims=True)                 # softmax: rows sum to 1
-    threads.for_blocks(xp, heads.shape[0], softmax_block, threads.rows_per_block(T * L))
-    keep = None
-    if training and dropout_p > 0:
-        rng = backend.generator(q.device)
-        keep = (rng.random(P.shape, dtype=P.dtype) >= dropout_p) / P.dtype.type(1 - dropout_p)
-    y = (P if keep is None else P * keep) @ v.data           # (B, nh, T, L) @ (B, nh, L, hs)
+        xp.matmul(Ph if keep is None else Ph * keep[lo:hi], v3[lo:hi], out=y[lo:hi])
+    threads.for_blocks(xp, qs.shape[0], forward_block, threads.rows_per_block(T * L),
+                       matmuls=True)
 
     def backward(dy):                                        # dy (B, nh, T, hs)
-        P_used = P if keep is None else P * keep
-        dv = P_used.swapaxes(-1, -2) @ dy                    # (B, nh, L, hs)
-        dP = dy @ v.data.swapaxes(-1, -2)                    # (B, nh, T, L)
-        dP_heads = dP.reshape(-1, T, L)
-        keep_heads = None if keep is None else keep.reshape(-1, T, L)
+        dy3 = xp.ascontiguousarray(dy).reshape(-1, T, hs)
+        dq, dk, dv = xp.empty_like(qs), xp.empty_like(k3), xp.empty_like(v3)
 
-        def dscores_block(lo, hi):                           # dP -> dS for heads lo..hi-1
-            dPh, Ph = dP_heads[lo:hi], heads[lo:hi]
-            if keep_heads is not None:
-                dPh *= keep_heads[lo:hi]
-            dPh -= xp.einsum("hij,hij->hi", dPh, Ph)[..., None]   # sum(dP * P) over keys
-            dPh *= Ph                                        # dS, the scores' gradient
-        threads.for_blocks(xp, dP_heads.shape[0], dscores_block, threads.rows_per_block(T * L))
-        dq = dP @ k.data                                     # (B, nh, T, hs)
-        dq *= scale                                          # S = (s q) k^T
-        dk = dP.swapaxes(-1, -2) @ qs                        # (B, nh, L, hs)
-        return dq, dk, dv
+        def backward_block(lo, hi):
+            Ph, d = P[lo:hi], dy3[lo:hi]
+            P_used = Ph if keep is None else Ph * keep[lo:hi]
+            xp.matmul(P_used.swapaxes(-1, -2), d, out=dv[lo:hi])        # dv = P^T dy
+            dP = d @ v3[lo:hi].swapaxes(-1, -2)                          # dP = dy v^T
+            if keep is not None:
+                dP *= keep[lo:hi]
+            dP -= xp.einsum("hij,hij->hi", dP, Ph)[..., None]  # sum(dP * P) over keys
+            dP *= Ph                                         # dS, the scores' gradient
+            xp.matmul(dP, k3[lo:hi], out=dq[lo:hi])
+            dq[lo:hi] *= scale                               # dq = s dS k
+            xp.matmul(dP.swapaxes(-1, -2), qs[lo:hi], out=dk[lo:hi])     # dk = s dS^T q
+        threads.for_blocks(xp, qs.shape[0], backward_block, threads.rows_per_block(T * L),
+                           matmuls=True)
+        return (dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape))
+    y = y.reshape(lead + (T, hs))
     return make(y, (q, k, v), "attention", backward)

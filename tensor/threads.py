@@ -78,12 +78,27 @@ def rows_per_block(row_length):
     return max(1, BLOCK // max(row_length, 1))
 
 
-def for_blocks(xp, n, body, block=BLOCK):
-    """Call body(lo, hi) for [0, block), [block, 2 block), ... up to n, on both cores."""
+def for_blocks(xp, n, body, block=BLOCK, matmuls=False):
+    """Call body(lo, hi) for consecutive pieces [lo, hi) covering range(n), on both cores.
+
+    The pieces have at most `block` elements, sizes within one of each other, and an even
+    count when there is more than one (so the two threads get equal shares); they do not
+    depend on the thread count.
+
+    matmuls=True: the body also multiplies matrices (attention's per-head products). Two
+    threads each calling a BLAS that itself runs two threads would fight over the cores
+    (2-3x slower), so while the blocks run, OpenBLAS is set to one thread (blas_threads
+    below); where that switch is not available, the blocks run here, in order.
+    """
     if xp.__name__ == "cupy":
         block = n
-    bounds = [(lo, min(lo + block, n)) for lo in range(0, n, max(block, 1))]
-    if THREADS < 2 or len(bounds) < 2 or not _in_use.acquire(blocking=False):
+    count = -(-n // max(block, 1))                # pieces of at most `block` elements,
+    if count % 2:                                 # an even number of them (if n allows)
+        count = min(count + 1, n) if count > 1 else count
+    bounds = [(i * n // count, (i + 1) * n // count) for i in range(count)]  # sizes within 1
+    switch = _blas_switch() if matmuls and len(bounds) > 1 else None
+    if THREADS < 2 or len(bounds) < 2 or (matmuls and switch is None) or \
+            not _in_use.acquire(blocking=False):
         for lo, hi in bounds:
             body(lo, hi)
         return
@@ -93,13 +108,67 @@ def for_blocks(xp, n, body, block=BLOCK):
             _helper = _Helper()
         half = len(bounds) // 2
         mine, theirs = bounds[:len(bounds) - half], bounds[len(bounds) - half:]
-        _helper.todo.put(lambda: [body(lo, hi) for lo, hi in theirs])
+        blas_before = switch.set(1) if switch else None
         try:
-            for lo, hi in mine:
-                body(lo, hi)
+            _helper.todo.put(lambda: [body(lo, hi) for lo, hi in theirs])
+            try:
+                for lo, hi in mine:
+                    body(lo, hi)
+            finally:
+                error = _helper.done.get()      # always wait: the helper may use our arrays
         finally:
-            error = _helper.done.get()          # always wait: the helper may use our arrays
+            if switch:
+                switch.set(blas_before)
         if error is not None:
             raise error
     finally:
         _in_use.release()
+
+
+class _BlasSwitch:
+    """OpenBLAS's process-wide thread count, read and set through ctypes."""
+
+    def __init__(self, get, set_):
+        self._get, self._set = get, set_
+
+    def set(self, n):
+        """Set the thread count; returns the previous one."""
+        before = self._get()
+        self._set(n)
+        return before
+
+
+_switch = False     # not looked up yet
+
+
+def _blas_switch():
+    """NumPy's bundled OpenBLAS (Linux wheels: numpy.libs/libscipy_openblas*.so), or None
+    (another BLAS, another platform, or TINYGRAD_GPT_BLAS_SWITCH=0)."""
+    global _switch
+    if _switch is False:
+        _switch = None
+        if os.environ.get("TINYGRAD_GPT_BLAS_SWITCH", "1") != "0":
+            _switch = _find_openblas()
+    return _switch
+
+
+def _find_openblas():
+    import ctypes
+    import glob
+
+    import numpy
+    libs = os.path.join(os.path.dirname(os.path.dirname(numpy.__file__)), "numpy.libs")
+    for path in sorted(glob.glob(os.path.join(libs, "lib*openblas*.so*"))):
+        try:
+            lib = ctypes.CDLL(path)        # the copy NumPy already loaded: same state
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""),
+                               ("openblas", "64_"), ("openblas", "")):
+            get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+            set_ = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+            if get is not None and set_ is not None:
+                get.restype, get.argtypes = ctypes.c_int, []
+                set_.restype, set_.argtypes = None, [ctypes.c_int]
+                return _BlasSwitch(get, set_)
+    return None
