@@ -12,9 +12,15 @@ thread the second half. NumPy releases Python's GIL inside every ufunc on a larg
 so the two halves really run at the same time. Each block is computed exactly the same
 way wherever it runs, so results never depend on the thread count.
 
+Attention's blocks also multiply matrices (one head's small products each): for those,
+`for_blocks(..., matmuls=True)` sets OpenBLAS to one thread while the two threads run, so
+the cores are not shared four ways (`_blas_switch`, through ctypes; without it the blocks
+run in order here).
+
 On a GPU (xp is CuPy) there is one block, body(0, n): the GPU is parallel already. The
-blocks run here, in order, when there are fewer than two of them, when called from inside another for_blocks, or with TINYGRAD_GPT_THREADS=1 (or
-`set_threads(1)`). The default is 2 on a machine with 2+ cores.
+blocks run here, in order, when there are fewer than two of them, when called from inside
+another for_blocks, or with TINYGRAD_GPT_THREADS=1 (or `set_threads(1)`). The default is
+2 on a machine with 2+ cores.
 """
 import os
 import queue
