@@ -185,10 +185,7 @@ def main(argv=None):
         else:
             rows.append([name, common.fmt(r["wall_s"], 1), r["final_iter"], f"{r['val_loss']:.4f}"])
     print(common.markdown_table(["run", "wall s", "last eval at iter", "val loss"], rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=2)
-        print(f"\nwrote {args.json}")
+    common.write_json(args.json, {"meta": meta, "results": results})
     return 1 if any("error" in r for r in results.values()) else 0
 
 

@@ -23,7 +23,6 @@ cached key, so once the window slides our cached loop runs the full window witho
     python benchmarks/bench_generate.py --quick              # smoke run, a few seconds
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -221,11 +220,8 @@ def main(argv=None):
         ["shape", "mode", "ms / run", "tokens/s", "time / cached time",
          "forward calls / tokens run", "peak RSS MiB", "crop path", "load at start"], rows))
     print("\ntime / cached time = this row's median / ours-with-KV-cache median (> 1: slower than cached)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "shapes": {k: SHAPES[k] for k in args.shapes},
-                       "results": results}, f, indent=2)
-        print(f"\nwrote {args.json}")
+    common.write_json(args.json, {"meta": meta, "shapes": {k: SHAPES[k] for k in args.shapes},
+                                  "results": results})
     return 1 if any("error" in r for per in results.values() for r in per.values()) else 0
 
 

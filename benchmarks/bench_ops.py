@@ -25,14 +25,14 @@ through threadpoolctl too when it is installed; torch gets torch.set_num_threads
 """
 import argparse
 import gc
-import json
 import os
 import platform
 import statistics
 import sys
 import time
 
-from common import blas_info, cpu_name, load_average, torch_blas   # shared with the other benchmarks
+from common import (blas_info, cpu_name, load_average, torch_blas,  # shared with the
+                    write_json)                                      # other benchmarks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
@@ -410,10 +410,7 @@ def main(argv=None):
     print(f"\nload average at end (1, 5, 15 min): {meta['load_average_end']}")
     if torch:
         print(f"ops over {TARGET}x torch: {', '.join(missed) if missed else 'none'}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=1)
-        print(f"wrote {args.json}")
+    write_json(args.json, {"meta": meta, "results": results})
     return 0
 
 

@@ -38,7 +38,6 @@ environment variables for NumPy, torch.set_num_threads for PyTorch).
     python benchmarks/bench_train_step.py --quick               # smoke run, a few seconds
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -302,11 +301,8 @@ def main(argv=None):
                 print(f"\n{name} {kind}: loss first {r['losses'][0]:.4f} last {r['losses'][-1]:.4f}",
                       end="")
     print()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "shapes": {k: SHAPES[k] for k in args.shapes},
-                       "results": results}, f, indent=2)
-        print(f"\nwrote {args.json}")
+    common.write_json(args.json, {"meta": meta, "shapes": {k: SHAPES[k] for k in args.shapes},
+                                  "results": results})
     return 1 if any("error" in r for per in results.values() for r in per.values()) else 0
 
 

@@ -187,6 +187,14 @@ def machine_info():
             "platform": platform.platform(), "git": git_revision()}
 
 
+def write_json(path, data):
+    """Write a benchmark's results to path (when --json was given) and say so."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(data, f, indent=2)
+        print(f"\nwrote {path}")
+
+
 def emit_result(result):
     """In a child: print the result as the last stdout line, for run_child to read."""
     print(RESULT_MARK + json.dumps(result), flush=True)

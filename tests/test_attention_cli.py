@@ -5,28 +5,11 @@ import struct
 import numpy as np
 import pytest
 
-import nn
-import tensor
-from gpt import GPT, GPTConfig
-from gpt.bigram import Bigram
-from tinygrad_gpt import attention, checkpoint, tokenizers
+from runs import make_run
+from tinygrad_gpt import attention
 from tokenizer import CharTokenizer
 
 TEXT = "To be, or not"          # 13 tokens
-
-
-def make_run(folder, model="gpt", text="To be, or not to be\n"):
-    """A checkpointed run (as train writes it) of a tiny seeded, untrained model."""
-    tok = CharTokenizer.train(text)
-    tensor.manual_seed(0)
-    config = GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=2, n_head=2,
-                       n_embd=16)
-    net = Bigram(config) if model == "bigram" else GPT(config)
-    folder.mkdir(parents=True, exist_ok=True)
-    checkpoint.save(folder, net, nn.AdamW(net.parameters()),
-                    {"iter": 0, "model_config": config.to_dict(), "model": model})
-    tokenizers.save(tok, folder / "tokenizer")
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from tinygrad_gpt import checkpoint, tokenizers
+from runs import make_run
 from tinygrad_gpt import trace as tr
 
 # The forward listing of the default tiny GPT on "To be, or not" (12 tokens in).
@@ -70,25 +70,6 @@ GOLDEN_BACKWARD = [45, 44, 43, 42, 41, 40, 39, 38, 37, 36, 35, 34, 33, 26, 25, 2
 def tiny():
     model, tok = tr.build_tiny(tr.DEFAULT_TEXT)
     return tr.trace(model, tok.encode(tr.DEFAULT_TEXT))
-
-
-def make_run(folder, text="To be, or not to be", model="gpt"):
-    """A checkpointed run (as train writes it) of a tiny seeded GPT or bigram, untrained."""
-    import nn
-    import tensor
-    from gpt import GPT, GPTConfig
-    from gpt.bigram import Bigram
-    from tokenizer import CharTokenizer
-    tok = CharTokenizer.train(text)
-    tensor.manual_seed(0)
-    config = GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=2, n_head=2,
-                       n_embd=16)
-    net = Bigram(config) if model == "bigram" else GPT(config)
-    folder.mkdir(parents=True, exist_ok=True)
-    checkpoint.save(folder, net, nn.AdamW(net.parameters()),
-                    {"iter": 0, "model_config": config.to_dict(), "model": model})
-    tokenizers.save(tok, folder / "tokenizer")
-    return folder
 
 
 def run_cli(capsys, *args):
@@ -212,12 +193,12 @@ def test_formula_from_backprop_md_else_the_docstring(tmp_path):
 
 
 def test_a_trained_run_is_traced(tmp_path, capsys):
-    run = make_run(tmp_path / "run")
+    run = make_run(tmp_path / "run", text="To be, or not to be")
     code, out, err = run_cli(capsys, "--out_dir", str(run), "--text", "or not to be")
     assert code == 0, err
     assert out.startswith("GPT: 11 tokens in")
     assert "[ 0] token_embedding.embedding          (1, 11, 16)" in out
-    bigram = make_run(tmp_path / "bigram", model="bigram")
+    bigram = make_run(tmp_path / "bigram", model="bigram", text="To be, or not to be")
     code, out, err = run_cli(capsys, "--out_dir", str(bigram), "--text", "to be")
     assert code == 0, err
     assert "[ 0] table.embedding" in out and "Bigram.cross_entropy" in out
@@ -241,7 +222,7 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, args, needle):
 
 
 def test_unknown_characters_and_too_long_text_for_a_run(tmp_path, capsys):
-    run = make_run(tmp_path / "run")
+    run = make_run(tmp_path / "run", text="To be, or not to be")
     for text, needle in (("XYZ", "not in the vocabulary"), ("to be " * 5, "at most 16")):
         code, _, err = run_cli(capsys, "--out_dir", str(run), "--text", text)
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
