@@ -45,3 +45,28 @@ def test_fused_attention_with_a_cache_offset_matches_the_last_rows_of_full_atten
                                           Tensor(k, dtype="float64"), Tensor(v, dtype="float64"),
                                           offset=4)
     np.testing.assert_allclose(last.data, full.data[:, :, 4:], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("T,L,offset", [(150, 150, 0), (70, 200, 130), (1, 129, 128),
+                                        (64, 64, 0), (130, 130, 0)])
+def test_causal_attention_in_pieces_matches_the_full_square_in_value_and_gradient(T, L, offset):
+    """At the default QUERY_CHUNK (64) the causal attention computes only the keys each
+    piece of query rows can see; the result and all three gradients must equal the plain
+    full-square computation (engine ops, float64), also with a KV-cache offset."""
+    from tensor import attention
+    assert attention.QUERY_CHUNK == 64       # so T, L above give one piece or several
+    rng = np.random.default_rng(T + L)
+    q = rng.standard_normal((2, 3, T, 8))
+    k, v = (rng.standard_normal((2, 3, L, 8)) for _ in range(2))
+    dy = rng.standard_normal((2, 3, T, 8))
+    fused = [Tensor(a, requires_grad=True, dtype="float64") for a in (q, k, v)]
+    F.scaled_dot_product_attention(*fused, offset=offset).backward(dy)
+    plain = [Tensor(a, requires_grad=True, dtype="float64") for a in (q, k, v)]
+    scores = (plain[0] @ plain[1].transpose(-2, -1)) * (1 / np.sqrt(8))
+    future = np.arange(L)[None, :] > np.arange(T)[:, None] + offset
+    y = F.softmax(scores.masked_fill(future, -np.inf), axis=-1) @ plain[2]
+    y.backward(dy)
+    np.testing.assert_allclose(F.scaled_dot_product_attention(*fused, offset=offset).data,
+                               y.data, rtol=1e-12, atol=1e-12)
+    for a, b, name in zip(fused, plain, "qkv"):
+        np.testing.assert_allclose(a.grad, b.grad, rtol=1e-10, atol=1e-12, err_msg=name)
