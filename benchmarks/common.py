@@ -6,6 +6,7 @@ import time: NumPy must not be imported before the thread count is fixed).
     peak_rss_mb()          this process's peak resident set size (resource.getrusage)
     matmul_peak_gflops()   float32 GEMM throughput of np.matmul on a large square product
     load_average()         os.getloadavg() as a string; wait_for_load(x) waits for < x
+    cpu_ticks(), steal_percent(a, b)   CPU time the host gave to other guests (see below)
     blas_info(np), torch_blas(torch), cpu_name(), machine_info()
     run_child(argv, env)   run a benchmark child process and read back its one JSON result
     markdown_table(...)    a Markdown table from a header and rows
@@ -53,14 +54,49 @@ def limit_threads(n):
 
 def median_time(fn, steps, warmup=3):
     """Call fn() `warmup` times untimed, then `steps` times timed; (median s, [times])."""
+    r = timed_steps(fn, steps, warmup)
+    return r["median_s"], r["times_s"]
+
+
+def timed_steps(fn, steps, warmup=3):
+    """Like median_time, also with the steal (see cpu_ticks) over the timed steps:
+    {"median_s", "times_s", "steal_pct", "steps_steal_pct"} (steal None off Linux)."""
     for _ in range(warmup):
         fn()
-    times = []
+    times, steals = [], []
+    first = cpu_ticks()
     for _ in range(steps):
+        before = cpu_ticks()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+        steals.append(steal_percent(before, cpu_ticks()))
+    return {"median_s": statistics.median(times), "times_s": times,
+            "steal_pct": steal_percent(first, cpu_ticks()), "steps_steal_pct": steals}
+
+
+def cpu_ticks():
+    """(all CPU time, stolen CPU time) since boot in clock ticks, from /proc/stat; None
+    where there is none.
+
+    "Stolen" is time this virtual machine's CPUs wanted to run while the host ran other
+    guests. On a shared host it slows every timing, often by 2x or more, and the load
+    average does not show it (it counts only this guest's work): the benchmarks report
+    it for the time they measured.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return sum(fields), fields[7] if len(fields) > 7 else 0
+
+
+def steal_percent(before, after):
+    """Percent of the CPU time between two cpu_ticks() readings that was stolen."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    return 100.0 * (after[1] - before[1]) / (after[0] - before[0])
 
 
 def peak_rss_mb():

@@ -8,9 +8,9 @@ projections c_proj scaled by 1/sqrt(2 n_layer)). `generate` is nanoGPT's uncache
 (crop to block_size, run the whole window, sample from the last position).
 
 Attention: nanoGPT uses torch's fused scaled_dot_product_attention when it exists
-(flash=True); with flash=False it runs the explicit path, (q k^T) / sqrt(hs) with the causal
-mask filled by -inf, softmax, @ v: the same computation our attention does. The benchmarks
-use flash=False by default, so that both sides do the same arithmetic.
+(flash=True, the default here too: it is what nanoGPT runs on torch 2); with flash=False
+it runs the explicit path, (q k^T) / sqrt(hs) with the causal mask filled by -inf, softmax,
+@ v over the whole square (bench_train_step.py --torch-attn mask).
 """
 import inspect
 import math
@@ -30,7 +30,7 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True
-    flash: bool = False      # use F.scaled_dot_product_attention (nanoGPT's default on torch 2)
+    flash: bool = True       # use F.scaled_dot_product_attention (nanoGPT's default on torch 2)
 
 
 class LayerNorm(nn.Module):

@@ -34,18 +34,57 @@ def test_run_all_quick_writes_one_json_with_every_benchmark(tmp_path):
 def test_rounds_pool_every_step_and_keep_the_highest_rss():
     shape = bench_train_step.SHAPES["XS"]
     children = [{"n_params": 1000, "median_s": 0.2, "times_s": [0.1, 0.2, 0.3],
-                 "peak_rss_mb": 50.0, "load_at_start": 0.5, "losses": [4.0]},
+                 "peak_rss_mb": 50.0, "load_at_start": 0.5, "losses": [4.0],
+                 "adjacent_peak_gflops": 100.0, "steal_pct": 3.0},
                 {"n_params": 1000, "median_s": 0.9, "times_s": [0.8, 0.9, 1.0],
-                 "peak_rss_mb": 70.0, "load_at_start": 1.5, "losses": [4.0]}]
+                 "peak_rss_mb": 70.0, "load_at_start": 1.5, "losses": [4.0],
+                 "adjacent_peak_gflops": 50.0, "steal_pct": 40.0}]
     merged = bench_train_step.merge_runs(children, shape)
     assert merged["times_s"] == [0.1, 0.2, 0.3, 0.8, 0.9, 1.0]
     assert merged["median_s"] == pytest.approx(0.55)
     assert merged["peak_rss_mb"] == 70.0 and merged["load_at_start"] == 1.5
+    assert merged["steal_pct"] == 40.0 and merged["round_steal_pct"] == [3.0, 40.0]
     tokens = shape["batch"] * shape["block_size"]
     assert merged["tokens_per_s"] == pytest.approx(tokens / 0.55)
+    # each child's own GFLOP/s over the peak measured around its own steps, then the median
+    flops = bench_train_step.flops_per_token(1000, shape) * tokens / 1e9
+    assert merged["round_fraction_of_adjacent_peak"] == pytest.approx(
+        [flops / 0.2 / 100.0, flops / 0.9 / 50.0])
+    assert merged["fraction_of_adjacent_peak"] == pytest.approx(
+        (flops / 0.2 / 100.0 + flops / 0.9 / 50.0) / 2)
     assert bench_train_step.merge_runs([{"error": "boom"}] + children, shape) == {"error": "boom"}
 
 
 def test_steps_are_shared_among_rounds():
     assert [len(r) for r in bench_train_step._split(12, 3)] == [4, 4, 4]
     assert [len(r) for r in bench_train_step._split(10, 3)] == [4, 3, 3]
+
+
+def test_a_child_the_host_disturbed_is_run_again_and_the_least_disturbed_try_kept(monkeypatch):
+    steals = iter([60.0, 35.0, 50.0])
+    calls = []
+
+    def fake_child(argv, env, timeout=None):
+        calls.append(argv)
+        return {"median_s": 1.0, "steal_pct": next(steals)}
+    monkeypatch.setattr(bench_train_step.common, "run_child", fake_child)
+    args = bench_train_step.parse_args(["--max-steal", "10", "--retries", "2"])
+    result = bench_train_step.run_child("ours", "S", args, 4)
+    assert len(calls) == 3 and result["steal_pct"] == 35.0
+    assert result["discarded_tries_steal_pct"] == [60.0, 50.0]
+    steals = iter([5.0])
+    assert bench_train_step.run_child("ours", "S", args, 4)["steal_pct"] == 5.0
+    args = bench_train_step.parse_args([])                     # without --max-steal: one try
+    steals, calls[:] = iter([90.0]), []
+    assert bench_train_step.run_child("ours", "S", args, 4)["steal_pct"] == 90.0
+    assert len(calls) == 1
+
+
+def test_steal_percent_is_the_stolen_share_of_the_cpu_time_between_two_readings():
+    import common
+    assert common.steal_percent((1000, 10), (1200, 60)) == pytest.approx(25.0)
+    assert common.steal_percent((1000, 10), (1000, 10)) is None      # no time passed
+    assert common.steal_percent(None, (1200, 60)) is None            # no /proc/stat
+    ticks = common.cpu_ticks()
+    if os.path.exists("/proc/stat"):
+        assert ticks[0] > 0 and 0 <= ticks[1] <= ticks[0]
