@@ -61,16 +61,17 @@ def run_ours(args):
         argv = [sys.executable, "-m", "tinygrad_gpt.train", "--data", args.data,
                 "--preset", "shakespeare-char-cpu", "--out_dir", out_dir, "--sample_tokens", "0",
                 "--max_iters", str(args.max_iters), "--lr_decay_iters", str(args.max_iters)]
-        t0 = time.perf_counter()
+        t0, ticks = time.perf_counter(), common.cpu_ticks()
         proc = subprocess.run(argv, env=common.thread_env(args.threads), cwd=common.ROOT,
                               capture_output=True, text=True)
         wall = time.perf_counter() - t0
+        steal = common.steal_percent(ticks, common.cpu_ticks())
         if proc.returncode != 0:
             return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
         with open(os.path.join(out_dir, "metrics.jsonl")) as f:
             evals = [r for r in map(json.loads, f) if "val_loss" in r]
     return {"wall_s": wall, "final_iter": evals[-1]["iter"], "val_loss": evals[-1]["val_loss"],
-            "evals": evals}
+            "steal_pct": steal, "evals": evals}
 
 
 def nanogpt_child(args):
@@ -150,9 +151,10 @@ def nanogpt_child(args):
 def run_nanogpt(args):
     argv = [os.path.abspath(__file__), "--child", "--data", args.data,
             "--max-iters", str(args.max_iters), "--threads", str(args.threads)]
-    t0 = time.perf_counter()
+    t0, ticks = time.perf_counter(), common.cpu_ticks()
     result = common.run_child(argv, common.thread_env(args.threads))
     result["wall_s"] = time.perf_counter() - t0
+    result["steal_pct"] = common.steal_percent(ticks, common.cpu_ticks())
     return result
 
 
@@ -180,11 +182,13 @@ def main(argv=None):
     rows = []
     for name, r in results.items():
         if "error" in r:
-            rows.append([name, "error", "-", "-"])
+            rows.append([name, "error", "-", "-", "-"])
             print(f"{name}: {r['error']}", file=sys.stderr)
         else:
-            rows.append([name, common.fmt(r["wall_s"], 1), r["final_iter"], f"{r['val_loss']:.4f}"])
-    print(common.markdown_table(["run", "wall s", "last eval at iter", "val loss"], rows))
+            rows.append([name, common.fmt(r["wall_s"], 1), r["final_iter"], f"{r['val_loss']:.4f}",
+                         common.fmt(r.get("steal_pct"), 0)])
+    print(common.markdown_table(["run", "wall s", "last eval at iter", "val loss",
+                                 "host steal %"], rows))
     common.write_json(args.json, {"meta": meta, "results": results})
     return 1 if any("error" in r for r in results.values()) else 0
 

@@ -176,8 +176,10 @@ def main(argv=None):
                     "--tokens", str(args.tokens), "--prompt", str(args.prompt),
                     "--reps", str(args.reps), "--threads", str(args.threads)]
             load = common.wait_for_load(args.wait_load, args.max_wait)
+            ticks = common.cpu_ticks()
             r = common.run_child(argv, common.thread_env(args.threads))
             r["load_at_start"] = load
+            r["steal_pct"] = common.steal_percent(ticks, common.cpu_ticks())
             if "times_s" in r:
                 r["median_s"] = statistics.median(r["times_s"])
                 r["tokens_per_s"] = args.tokens / r["median_s"]
@@ -206,7 +208,7 @@ def main(argv=None):
         cached = per.get("ours_cached", {}).get("median_s")
         for mode, r in per.items():
             if "error" in r:
-                rows.append([name, LABELS[mode]] + ["error"] * 7)
+                rows.append([name, LABELS[mode]] + ["error"] * 8)
                 print(f"{name} {mode}: {r['error']}", file=sys.stderr)
                 continue
             speedup = "-" if cached is None else f"{r['median_s'] / cached:.2f}"
@@ -215,10 +217,11 @@ def main(argv=None):
                          f"{r['forward_calls']} / {r['tokens_run']:,}",
                          common.fmt(r["peak_rss_mb"], 0),
                          f"yes (block {shape['block_size']})" if crop else "no",
-                         f"{r['load_at_start']:.2f}"])
+                         f"{r['load_at_start']:.2f}", common.fmt(r.get("steal_pct"), 0)])
     print(common.markdown_table(
         ["shape", "mode", "ms / run", "tokens/s", "time / cached time",
-         "forward calls / tokens run", "peak RSS MiB", "crop path", "load at start"], rows))
+         "forward calls / tokens run", "peak RSS MiB", "crop path", "load at start",
+         "host steal %"], rows))
     print("\ntime / cached time = this row's median / ours-with-KV-cache median (> 1: slower than cached)")
     common.write_json(args.json, {"meta": meta, "shapes": {k: SHAPES[k] for k in args.shapes},
                                   "results": results})

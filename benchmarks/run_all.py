@@ -12,6 +12,7 @@ PyTorch is optional: without it, only our numbers are measured. Run it on an idl
 
     python benchmarks/run_all.py
     python benchmarks/run_all.py --quick --json /tmp/smoke.json     # seconds, a smoke run
+    python benchmarks/run_all.py --max-steal 10     # on a shared host: rerun disturbed steps
 """
 import argparse
 import json
@@ -36,6 +37,9 @@ def parse_args(argv=None):
     p.add_argument("--no-torch", action="store_true", help="our numbers only")
     p.add_argument("--data", help="text for the end-to-end run (default tinyshakespeare in "
                                   "../shared/data)")
+    p.add_argument("--max-steal", metavar="PCT",
+                   help="passed to bench_train_step.py: rerun (twice at most) a child during "
+                        "whose steps the host stole more than PCT%% of the CPU time")
     return p.parse_args(argv)
 
 
@@ -45,7 +49,8 @@ def plan(args):
     e2e = (["--max-iters", "20"] if args.quick else []) + (["--data", args.data] if args.data
                                                            else [])
     quick = ["--quick"] if args.quick else []
-    return [("train_step", "bench_train_step.py", quick + no_torch),
+    steal = ["--max-steal", args.max_steal] if args.max_steal else []
+    return [("train_step", "bench_train_step.py", quick + no_torch + steal),
             ("generate", "bench_generate.py", quick + no_torch),
             ("e2e", "bench_e2e.py", e2e + no_torch)]
 
