@@ -87,8 +87,10 @@ def scaled_dot_product_attention(q, k, v, is_causal=True, offset=0, dropout_p=0.
     P = xp.empty((qs.shape[0], T, L), dtype=qs.dtype)        # (B*nh, T, L) weights, saved
     y = xp.empty_like(qs)                                    # (B*nh, T, hs)
     rows = query_chunks(T, L, offset, is_causal)             # [(t0, t1, e)]: rows, keys < e
-    n = qs.shape[0]                                          # B*nh heads, in blocks of
-    heads_per_block = max(1, min(PIECE // (min(T, QUERY_CHUNK) * L), -(-n // 2)))  # 2+
+    n = qs.shape[0]                                          # B*nh heads, in blocks
+    heads_per_block = max(1, PIECE // (min(T, QUERY_CHUNK) * L))
+    if n * T * L > threads.BLOCK:                            # enough work for two cores:
+        heads_per_block = min(heads_per_block, -(-n // 2))   # at least two blocks
     cols = key_chunks(rows)                                  # [(s0, s1, t)]: keys, rows >= t
 
     def forward_block(lo, hi):                               # heads lo..hi-1, start to end
