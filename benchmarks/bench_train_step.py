@@ -237,6 +237,8 @@ def merge_runs(children, shape):
     result["steal_pct"] = max(steals) if steals else None        # the worst child's
     result["round_steal_pct"] = [c.get("steal_pct") for c in children]
     result["round_adjacent_peak_gflops"] = [c["adjacent_peak_gflops"] for c in children]
+    result["discarded_tries_steal_pct"] = [c.get("discarded_tries_steal_pct", [])
+                                           for c in children]      # per child (--max-steal)
     tokens = shape["batch"] * shape["block_size"]
     fpt = flops_per_token(result["n_params"], shape)
     result["tokens_per_s"] = tokens / result["median_s"]
