@@ -26,14 +26,19 @@ untimed ones; tokens/s = B*T / median; achieved GFLOP/s with nanoGPT's (PaLM's) 
         the diagonal, and torch's fused kernel may: both are credited the same FLOPs)
 
 and that as a fraction of the machine's float32 matmul peak, measured in this same run
-with np.matmul on 2048 x 2048 matrices (best of 10, before and after; the higher is used).
+with np.matmul on 2048 x 2048 matrices (best of 10, before and after, and the peaks each
+child measures around its own steps; the highest is used), and as a fraction of the child's
+own adjacent peak (see timed_with_peak).
 Each (shape, framework) runs in its own subprocesses, so the peak RSS (getrusage) is that
 framework's at that shape alone: --rounds children each (default 3), ours and PyTorch taking
 turns, the order flipping every round, and --steps timed steps (default 12) shared among
 them; the median is over all of a framework's steps. Taking turns matters on these shared
 2-core machines, whose speed drifts by 1.5x within minutes: a slow spell then falls on
-both frameworks instead of on whichever ran during it. The thread count is fixed in every child (BLAS/OpenMP
-environment variables for NumPy, torch.set_num_threads for PyTorch).
+both frameworks instead of on whichever ran during it. The thread count is fixed in every
+child (BLAS/OpenMP environment variables for NumPy, torch.set_num_threads for PyTorch).
+Every child also records the host's steal over its steps (common.cpu_ticks: CPU time this
+virtual machine wanted but the host gave to other guests); --max-steal reruns a child that
+was disturbed more than that, keeping the least-disturbed try.
 
     python benchmarks/bench_train_step.py                       # S, M, L; 12 steps; 2 threads
     python benchmarks/bench_train_step.py --shapes S,M --steps 30 --rounds 5 --json train.json
