@@ -188,7 +188,8 @@ def child_torch(shape, args):
         losses.append(float(loss.item()))
 
     timing = timed_with_peak(step, args)
-    return {"n_params": int(model.get_num_params()), **timing, "losses": losses, "peak_rss_mb": common.peak_rss_mb(), "torch": torch.__version__,
+    return {"n_params": int(model.get_num_params()), **timing, "losses": losses,
+            "peak_rss_mb": common.peak_rss_mb(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "blas": common.torch_blas(torch)}
 
 
@@ -278,8 +279,9 @@ def main(argv=None):
         results[name] = run_rounds(name, kinds, args)
     common.wait_for_load(args.wait_load, args.max_wait)
     peak_after = common.matmul_peak_gflops(peak_n)
-    peak = max([peak_before, peak_after] + [c for per in results.values() for r in per.values()
-                                            for c in r.get("round_adjacent_peak_gflops", [])])
+    adjacent = [c for per in results.values() for r in per.values()   # children's own peaks
+                for c in r.get("round_adjacent_peak_gflops", [])]
+    peak = max([peak_before, peak_after] + adjacent)
     load_after = common.load_average()
     for per_kind in results.values():
         for r in per_kind.values():
@@ -301,8 +303,6 @@ def main(argv=None):
     if torch_meta:
         print(f"torch {torch_meta['torch']} eager, {torch_meta['torch_threads']} threads, "
               f"BLAS: {torch_meta['blas']}, attention: {args.torch_attn}")
-    adjacent = [c for per in results.values() for r in per.values()
-                for c in r.get("round_adjacent_peak_gflops", [])]
     print(f"float32 matmul peak (np.matmul {peak_n}^2, best of 10): {peak:.1f} GFLOP/s "
           f"(before {peak_before:.1f}, after {peak_after:.1f}; around the children's steps "
           f"{min(adjacent, default=0):.1f} to {max(adjacent, default=0):.1f})")

@@ -2,7 +2,7 @@
 import time: NumPy must not be imported before the thread count is fixed).
 
     set_threads(n)         BLAS/OpenMP thread variables, before NumPy or torch is imported
-    median_time(fn, ...)   run fn warm-up times, then time it; (median, all times) in seconds
+    timed_steps(fn, ...)   run fn warm-up times, then time it: median, all times, host steal
     peak_rss_mb()          this process's peak resident set size (resource.getrusage)
     matmul_peak_gflops()   float32 GEMM throughput of np.matmul on a large square product
     load_average()         os.getloadavg() as a string; wait_for_load(x) waits for < x
@@ -52,27 +52,21 @@ def limit_threads(n):
         pass
 
 
-def median_time(fn, steps, warmup=3):
-    """Call fn() `warmup` times untimed, then `steps` times timed; (median s, [times])."""
-    r = timed_steps(fn, steps, warmup)
-    return r["median_s"], r["times_s"]
-
-
 def timed_steps(fn, steps, warmup=3):
-    """Like median_time, also with the steal (see cpu_ticks) over the timed steps:
-    {"median_s", "times_s", "steal_pct", "steps_steal_pct"} (steal None off Linux)."""
+    """Call fn() `warmup` times untimed, then `steps` times timed, noting the host's steal
+    (see cpu_ticks) over each step and over all of them: {"median_s", "times_s",
+    "steal_pct", "steps_steal_pct"} in seconds and percent (steal None off Linux)."""
     for _ in range(warmup):
         fn()
-    times, steals = [], []
-    first = cpu_ticks()
+    times, ticks = [], [cpu_ticks()]
     for _ in range(steps):
-        before = cpu_ticks()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-        steals.append(steal_percent(before, cpu_ticks()))
+        ticks.append(cpu_ticks())
     return {"median_s": statistics.median(times), "times_s": times,
-            "steal_pct": steal_percent(first, cpu_ticks()), "steps_steal_pct": steals}
+            "steal_pct": steal_percent(ticks[0], ticks[-1]),
+            "steps_steal_pct": [steal_percent(a, b) for a, b in zip(ticks, ticks[1:])]}
 
 
 def cpu_ticks():

@@ -87,15 +87,15 @@ def scaled_dot_product_attention(q, k, v, is_causal=True, offset=0, dropout_p=0.
     P = xp.empty((qs.shape[0], T, L), dtype=qs.dtype)        # (B*nh, T, L) weights, saved
     y = xp.empty_like(qs)                                    # (B*nh, T, hs)
     rows = query_chunks(T, L, offset, is_causal)             # [(t0, t1, e)]: rows, keys < e
+    cols = key_chunks(rows)                                  # [(s0, s1, t)]: keys, rows >= t
     n = qs.shape[0]                                          # B*nh heads, in blocks
     heads_per_block = max(1, PIECE // (min(T, QUERY_CHUNK) * L))
     if n * T * L > threads.BLOCK:                            # enough work for two cores:
         heads_per_block = min(heads_per_block, -(-n // 2))   # at least two blocks
-    cols = key_chunks(rows)                                  # [(s0, s1, t)]: keys, rows >= t
 
     def forward_block(lo, hi):                               # heads lo..hi-1, start to end
         for t0, t1, e in rows:                               # queries t0..t1-1 see keys < e
-            Ph = P[lo:hi, t0:t1, :e]
+            Ph = P[lo:hi, t0:t1, :e]                         # (heads, t1 - t0, e) view
             xp.matmul(qs[lo:hi, t0:t1], k3[lo:hi, :e].swapaxes(-1, -2), out=Ph)  # scores
             if mask is not None:
                 Ph += mask[t0:t1, :e]
@@ -104,15 +104,14 @@ def scaled_dot_product_attention(q, k, v, is_causal=True, offset=0, dropout_p=0.
             Ph /= Ph.sum(axis=-1, keepdims=True)             # softmax: rows sum to 1
             P_used = Ph if keep is None else Ph * keep[lo:hi, t0:t1, :e]
             xp.matmul(P_used, v3[lo:hi, :e], out=y[lo:hi, t0:t1])
-    threads.for_blocks(xp, qs.shape[0], forward_block,
-                       heads_per_block, matmuls=True)
+    threads.for_blocks(xp, n, forward_block, heads_per_block, matmuls=True)
 
     def backward(dy):                                        # dy (B, nh, T, hs)
         dy3 = xp.ascontiguousarray(dy).reshape(-1, T, hs)
         dq, dk, dv = xp.empty_like(qs), xp.empty_like(k3), xp.empty_like(v3)
 
         def backward_block(lo, hi):
-            dS = xp.empty((hi - lo, T, L), dtype=qs.dtype)   # the scores' gradient
+            dS = xp.empty((hi - lo, T, L), dtype=qs.dtype)   # (heads, T, L) scores' grad
             for t0, t1, e in rows:                           # by query rows, as forward
                 Ph, d = P[lo:hi, t0:t1, :e], dy3[lo:hi, t0:t1]
                 dSh = xp.matmul(d, v3[lo:hi, :e].swapaxes(-1, -2), out=dS[:, t0:t1, :e])
@@ -132,8 +131,7 @@ def scaled_dot_product_attention(q, k, v, is_causal=True, offset=0, dropout_p=0.
                           out=dv[lo:hi, s0:s1])              # dv = P^T dy
             seen = cols[-1][1]                               # keys that no query sees
             dk[lo:hi, seen:], dv[lo:hi, seen:] = 0, 0        # (only with a short T): 0
-        threads.for_blocks(xp, qs.shape[0], backward_block,
-                           heads_per_block, matmuls=True)
+        threads.for_blocks(xp, n, backward_block, heads_per_block, matmuls=True)
         return (dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape))
     y = y.reshape(lead + (T, hs))
     return make(y, (q, k, v), "attention", backward)
