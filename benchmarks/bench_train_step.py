@@ -5,7 +5,10 @@ and the mean cross-entropy), backward, clip the global gradient norm to 1.0, Ada
 (weight decay 0.1 on 2-D+ parameters only, betas (0.9, 0.99)). float32, dropout 0, the same
 fixed random batch every step (data loading is not timed).
 
-    ours:    from gpt import GPT, GPTConfig;  nn.AdamW(nn.decay_groups(params, 0.1), ...)
+    ours:    from gpt import GPT, GPTConfig;  nn.AdamW(nn.decay_groups(params, 0.1), ...);
+             forward + backward through nn.DataParallel (the batch's two halves on the two
+             cores at once) where the training CLI's --parallel auto uses it (S and M; not
+             L, where the twin's gradients would cost 500 MB), --ours-parallel on/off to force
     PyTorch: benchmarks/nanogpt_reference.py (nanoGPT's model, with torch's fused
              scaled_dot_product_attention as nanoGPT runs it on torch 2; --torch-attn mask
              for its explicit-mask path) with torch.optim.AdamW, same thread count
@@ -86,6 +89,10 @@ def parse_args(argv=None):
                    help="reference attention: torch's fused scaled_dot_product_attention "
                         "(nanoGPT's flash path on torch 2, the default), or nanoGPT's "
                         "explicit causal-mask path over the whole T x T square")
+    p.add_argument("--ours-parallel", choices=("auto", "on", "off"), default="auto",
+                   help="our step with nn.DataParallel (each batch's halves on the two cores "
+                        "at once): as the training CLI's --parallel (default auto: on for "
+                        "models up to nn.parallel.AUTO_MAX_PARAMETERS, here S and M)")
     p.add_argument("--wait-load", type=float, metavar="X",
                    help="before each child, wait (up to --max-wait s) for the 1-minute load "
                         "average to drop below X (the machine is shared)")
@@ -149,17 +156,26 @@ def child_ours(shape, args):
     opt = nn.AdamW(nn.decay_groups(params, WEIGHT_DECAY), lr=LR, betas=BETAS)
     x, y = batch(shape)
     losses = []
+    # as python -m tinygrad_gpt.train --parallel does (see nn/parallel.py)
+    parallel = nn.DataParallel(model, lambda m, x, y: m(x, y)[1]) \
+        if args.ours_parallel == "on" or (args.ours_parallel == "auto"
+                                          and nn.parallel.worth_it(model)) else None
 
     def step():
         opt.zero_grad()
-        _, loss = model(x, y)
-        loss.backward()
+        if parallel is not None:
+            loss = parallel.forward_backward(x, y)
+        else:
+            _, loss = model(x, y)
+            loss.backward()
+            loss = float(loss.item())
         nn.clip_grad_norm(params, CLIP)
         opt.step()
-        losses.append(float(loss.item()))
+        losses.append(loss)
 
     timing = timed_with_peak(step, args)
     return {"n_params": int(model.num_parameters(non_embedding=True)), **timing,
+            "parallel": parallel is not None,
             "losses": losses, "peak_rss_mb": common.peak_rss_mb(),
             "blas": common.blas_info(np), "numpy": np.__version__}
 
@@ -197,7 +213,8 @@ def child_torch(shape, args):
 def run_child(kind, name, args, steps):
     argv = [os.path.abspath(__file__), "--child", kind, "--shape", name,
             "--steps", str(steps), "--warmup", str(args.warmup),
-            "--threads", str(args.threads), "--torch-attn", args.torch_attn]
+            "--threads", str(args.threads), "--torch-attn", args.torch_attn,
+            "--ours-parallel", args.ours_parallel]
     tries = []
     for _ in range(1 + (args.retries if args.max_steal is not None else 0)):
         load = common.wait_for_load(args.wait_load, args.max_wait)
@@ -314,7 +331,8 @@ def main(argv=None):
     rows = []
     for name, per_kind in results.items():
         for kind, r in per_kind.items():
-            label = "ours (NumPy)" if kind == "ours" else "PyTorch eager"
+            label = "PyTorch eager" if kind != "ours" else \
+                "ours (NumPy, 2 halves)" if r.get("parallel") else "ours (NumPy)"
             if "error" in r:
                 rows.append([name, label] + ["error"] * 8)
                 print(f"{name} {kind}: {r['error']}", file=sys.stderr)

@@ -1,11 +1,13 @@
 """nn: neural-network modules and optimizers built only from `tensor` ops.
 
 Reading order: module.py (Module, Parameter, state_dict), layers.py (Linear, Embedding,
-LayerNorm, Dropout, GELU), optim.py (AdamW, SGD, clip_grad_norm, get_lr).
+LayerNorm, Dropout, GELU), optim.py (AdamW, SGD, clip_grad_norm, get_lr), then parallel.py
+(DataParallel: the two halves of a batch on the two CPU cores).
 """
 from .layers import GELU, Dropout, Embedding, LayerNorm, Linear
 from .module import Module, ModuleList, Parameter, module_scopes
 from .optim import SGD, AdamW, clip_grad_norm, decay_groups, get_lr
+from .parallel import DataParallel
 
 __all__ = ["Module", "ModuleList", "Parameter", "module_scopes", "Linear", "Embedding", "LayerNorm", "Dropout",
-           "GELU", "AdamW", "SGD", "clip_grad_norm", "decay_groups", "get_lr"]
+           "GELU", "AdamW", "SGD", "clip_grad_norm", "decay_groups", "get_lr", "DataParallel"]

@@ -58,7 +58,7 @@ class FlatOptimizer:
     def zero_grad(self):
         """Empty every gradient (.grad = None, as torch's set_to_none) and point each
         parameter's grad_buffer at its view of the flat gradient buffer: the next backward()
-        writes the first gradient straight into the buffer (tensor.py's _accumulate, and
+        writes the first gradient straight into the buffer (tensor.py's accumulate_grad, and
         linear's dW in place), and later ones add to it. Nothing is filled with zeros."""
         for p, grad_view in zip(self.params, self.views):
             p.grad, p.grad_buffer = None, grad_view

@@ -9,6 +9,7 @@ array-module interface the two share, so the same code runs on the CPU and on a 
 import ctypes
 import os
 import sys
+import threading
 
 import numpy as np
 
@@ -102,8 +103,9 @@ def to_device(array, device):
     return _cupy.asarray(array) if device == "cuda" else _cupy.asnumpy(array)
 
 
-_seed = None        # the last manual_seed, or None for fresh OS entropy
-_generators = {}    # device -> random generator, created lazily from _seed
+_seed = None                  # the last manual_seed, or None for fresh OS entropy
+_generators = {}              # (device, stream) -> random generator, made lazily from _seed
+_stream = threading.local()   # .index: the stream this thread draws from (0 unless set)
 
 
 def manual_seed(seed):
@@ -114,8 +116,31 @@ def manual_seed(seed):
 
 
 def generator(device):
-    """The random generator for a device, created on first use from the last manual_seed."""
-    if device not in _generators:
-        xp = get_xp(device)
-        _generators[device] = xp.random.default_rng(_seed)
-    return _generators[device]
+    """The random generator for a device (and this thread's stream, see random_stream),
+    created on first use from the last manual_seed."""
+    key = (device, getattr(_stream, "index", 0))
+    if key not in _generators:
+        seed = _seed
+        if seed is not None and key[1]:    # stream k: its own seed, derived from (seed, k)
+            seed = int(np.random.SeedSequence([seed, key[1]]).generate_state(1)[0])
+        _generators[key] = get_xp(device).random.default_rng(seed)
+    return _generators[key]
+
+
+class random_stream:
+    """`with random_stream(k):` this thread draws from stream k, a generator of its own.
+
+    Two threads drawing from one generator would get numbers in whichever order they
+    happen to ask, so runs would not repeat; nn/parallel.py gives each half of a batch its
+    own stream instead (0 and 1). Stream 0 is the default generator."""
+
+    def __init__(self, index):
+        self.index = int(index)
+
+    def __enter__(self):
+        self._before = getattr(_stream, "index", 0)
+        _stream.index = self.index
+        return self
+
+    def __exit__(self, *exc):
+        _stream.index = self._before

@@ -189,7 +189,7 @@ class Tensor:
             if dy is None:
                 continue
             if node._backward is None:           # backward() called on a leaf itself
-                _accumulate(node, dy)
+                accumulate_grad(node, dy)
                 continue
             input_grads = node._backward(dy)
             if _anomaly_mode:
@@ -198,7 +198,7 @@ class Tensor:
                 if dparent is None or not parent.requires_grad:
                     continue
                 if parent._backward is None:     # a leaf (a parameter): add into its .grad
-                    _accumulate(parent, dparent) # now, in place, with no summed temporary
+                    accumulate_grad(parent, dparent)   # now, in place, no summed temporary
                     continue
                 key = id(parent)
                 grads[key] = dparent if key not in grads else grads[key] + dparent
@@ -250,7 +250,7 @@ class Tensor:
     def stack(tensors, axis=0): return movement.stack(tensors, axis)
 
 
-def _accumulate(leaf, g):
+def accumulate_grad(leaf, g):
     """leaf.grad += g. The first gradient is copied (so .grad never aliases another array)
     into the leaf's grad_buffer when an optimizer gave it one (nn/optim.py), which an op
     may already have filled in place (grad_destination): then there is nothing to copy."""

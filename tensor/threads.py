@@ -12,6 +12,9 @@ thread the second half. NumPy releases Python's GIL inside every ufunc on a larg
 so the two halves really run at the same time. Each block is computed exactly the same
 way wherever it runs, so results never depend on the thread count.
 
+run_pair(first, second) is the coarse version: two whole calls at once, one per core (the
+two halves of a batch, nn/parallel.py).
+
 Attention's blocks also multiply matrices (one head's small products each): for those,
 `for_blocks(..., matmuls=True)` sets OpenBLAS to one thread while the two threads run, so
 the cores are not shared four ways (`_blas_switch`, through ctypes; without it the blocks
@@ -127,6 +130,47 @@ def for_blocks(xp, n, body, block=BLOCK, matmuls=False):
                 switch.set(blas_before)
         if error is not None:
             raise error
+    finally:
+        _in_use.release()
+
+
+def can_run_pair():
+    """True when run_pair really runs its two calls at once (two threads and the switch)."""
+    return THREADS >= 2 and _blas_switch() is not None
+
+
+def run_pair(first, second):
+    """Call first() on this thread and second() on the helper thread at the same time, and
+    return (first(), second()). nn/parallel.py runs the two halves of a batch this way.
+
+    Each call gets one core: OpenBLAS is set to one thread while they run, and for_blocks
+    called from inside either of them runs its blocks in order. Without two threads or
+    the OpenBLAS switch (or when called from inside for_blocks/run_pair), the two run one
+    after the other here, with the same results.
+    """
+    if not can_run_pair() or not _in_use.acquire(blocking=False):
+        return first(), second()
+    switch = _blas_switch()
+    global _helper
+    try:
+        if _helper is None:
+            _helper = _Helper()
+        results = [None, None]
+
+        def theirs():
+            results[1] = second()
+        blas_before = switch.set(1)
+        try:
+            _helper.todo.put(theirs)
+            try:
+                results[0] = first()
+            finally:
+                error = _helper.done.get()      # always wait: the helper may use our arrays
+        finally:
+            switch.set(blas_before)
+        if error is not None:
+            raise error
+        return results[0], results[1]
     finally:
         _in_use.release()
 

@@ -120,6 +120,13 @@ def test_resume_with_a_different_architecture(text_file, tmp_path, capsys):
                   "--n_layer", "differ")
 
 
+def test_parallel_on_a_gpu_or_unknown(text_file, capsys):
+    fails_cleanly(train.main, [f"--data={text_file}", "--device=cuda", "--parallel=on",
+                               *SMALL], capsys, "--parallel", "off")
+    fails_cleanly(train.main, [f"--data={text_file}", "--parallel=yes", *SMALL], capsys,
+                  "--parallel", "auto, on, off")
+
+
 @pytest.mark.skipif(cuda_available(), reason="a GPU is present; the error path needs none")
 def test_cuda_without_cupy_or_gpu(text_file, capsys):
     fails_cleanly(train.main, [f"--data={text_file}", "--device=cuda", *SMALL], capsys,

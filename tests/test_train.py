@@ -154,3 +154,21 @@ def test_gradient_accumulation_equals_one_big_batch(corpus, tmp_path):
         np.testing.assert_allclose(acc[name], big[name], rtol=1e-10, atol=1e-12)
     for it, loss in step_losses(tmp_path / "big").items():
         assert step_losses(tmp_path / "acc")[it] == pytest.approx(loss, rel=1e-10)
+
+
+def test_parallel_halves_train_the_same_as_one_thread(corpus, tmp_path, capsys):
+    """--parallel on (both halves of each batch at once) and off give the same run (float64,
+    no dropout, with gradient accumulation), and the CLI says when it is on."""
+    common = [f"--data={corpus}", "--max_iters=4", "--eval_interval=2", "--eval_iters=1",
+              "--sample_tokens=0", "--n_layer=1", "--n_head=2", "--n_embd=16",
+              "--block_size=16", "--dtype=float64", "--log_interval=1", "--batch_size=5",
+              "--gradient_accumulation_steps=2"]
+    run([*common, f"--out_dir={tmp_path / 'on'}", "--parallel=on"])
+    assert "parallel: each batch's two halves" in capsys.readouterr().out
+    run([*common, f"--out_dir={tmp_path / 'off'}", "--parallel=off"])
+    assert "parallel:" not in capsys.readouterr().out
+    on, off = load(tmp_path / "on")[1], load(tmp_path / "off")[1]
+    for name in off:
+        np.testing.assert_allclose(on[name], off[name], rtol=1e-9, atol=1e-12)
+    for it, loss in step_losses(tmp_path / "off").items():
+        assert step_losses(tmp_path / "on")[it] == pytest.approx(loss, rel=1e-10)

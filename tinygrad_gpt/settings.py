@@ -59,6 +59,7 @@ class TrainConfig:
     # system
     device: str = "cpu"                 # cpu | cuda
     dtype: str = "float32"              # float32 | float64
+    parallel: str = "auto"              # auto | on | off: each batch's halves on the 2 CPU cores
     seed: int = 1337                    # seeds init, batches, dropout and samples
     overfit_batch: bool = False         # train on one fixed batch (loss should reach ~0)
 
@@ -84,10 +85,14 @@ class TrainConfig:
             raise UserError(f"--beta1 and --beta2 must be in [0, 1), got {self.beta1}, "
                             f"{self.beta2}")
         for name, allowed in (("tokenizer", ("char", "bpe")), ("model", ("gpt", "bigram")),
-                              ("dtype", ("float32", "float64")), ("device", ("cpu", "cuda"))):
+                              ("dtype", ("float32", "float64")), ("device", ("cpu", "cuda")),
+                              ("parallel", ("auto", "on", "off"))):
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name} must be one of {', '.join(allowed)}, "
                                 f"got {getattr(self, name)!r}")
+        if self.parallel == "on" and self.device == "cuda":
+            raise UserError("--parallel on splits batches over CPU cores; on a GPU use "
+                            "--parallel off (or auto)")
         return self
 
 

@@ -42,6 +42,17 @@ def build_model(config, vocab_size):
     return model.to(config.device)
 
 
+def loss_of(model, x, y):
+    """The training loss of a batch: what nn.DataParallel computes on each half."""
+    return model(x, y)[1]
+
+
+def stream1_state(device):
+    """The dropout generator of a batch's second half (--parallel), for the checkpoint."""
+    with backend.random_stream(1):
+        return backend.generator(device).bit_generator.state
+
+
 def evaluate(model, dataset, config, it):
     """Mean loss over eval_iters batches of each split, with batches fixed by (seed, it)."""
     losses = {}
@@ -152,11 +163,21 @@ def train(argv):
         rng = checkpoint.restore_rng(info["rng"])
         backend.manual_seed(config.seed)
         backend.generator(config.device).bit_generator.state = info["dropout_rng"]
+        if "dropout_rng_stream1" in info:       # the second half's dropout (--parallel)
+            with backend.random_stream(1):
+                backend.generator(config.device).bit_generator.state = \
+                    info["dropout_rng_stream1"]
         print(f"resuming from iteration {start} (best val loss {best_val:.4f})")
     metrics = report.Metrics(out_dir, truncate_after=start if saved else None)
     overfit = data.get_batch(dataset.train, config.block_size,
                              config.batch_size * config.gradient_accumulation_steps,
                              np.random.default_rng(config.seed)) if config.overfit_batch else None
+
+    parallel = nn.DataParallel(model, loss_of) if config.parallel == "on" or (
+        config.parallel == "auto" and nn.parallel.worth_it(model)) else None
+    if parallel is not None:
+        print(f"parallel: each batch's two halves at once on two CPU cores (--parallel "
+              f"{config.parallel}; off: --parallel off)")
 
     def save(it, evaluated=True):
         if not bool(optimizer.xp.isfinite(optimizer.flat).all()):   # never save broken weights
@@ -165,7 +186,8 @@ def train(argv):
             "iter": it, "evaluated": evaluated, "best_val_loss": best_val, "train_config": asdict(config),
             "model_config": model.config.to_dict(), "model": config.model,
             "tokenizer": config.tokenizer, "rng": checkpoint.rng_state(rng),
-            "dropout_rng": backend.generator(config.device).bit_generator.state})
+            "dropout_rng": backend.generator(config.device).bit_generator.state,
+            "dropout_rng_stream1": stream1_state(config.device)})
 
     tokens_per_step = config.batch_size * config.block_size * config.gradient_accumulation_steps
     interrupt, t_start, it = Interrupt(), time.perf_counter(), start
@@ -196,7 +218,7 @@ def train(argv):
             lr = nn.get_lr(it, config.learning_rate, config.warmup_iters, config.lr_decay_iters,
                            config.min_lr) if config.decay_lr else config.learning_rate
             t0 = time.perf_counter()
-            loss = step(model, optimizer, dataset, config, rng, lr, overfit)
+            loss = step(model, optimizer, dataset, config, rng, lr, overfit, parallel)
             dt = time.perf_counter() - t0
             if not math.isfinite(loss):
                 bar.close()
@@ -227,8 +249,9 @@ def train(argv):
     return 0
 
 
-def step(model, optimizer, dataset, config, rng, lr, overfit=None):
-    """One optimizer step over gradient_accumulation_steps micro-batches; returns the loss."""
+def step(model, optimizer, dataset, config, rng, lr, overfit=None, parallel=None):
+    """One optimizer step over gradient_accumulation_steps micro-batches; returns the loss.
+    parallel: an nn.DataParallel of the model, to run each micro-batch's halves at once."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     k = config.gradient_accumulation_steps
@@ -237,6 +260,9 @@ def step(model, optimizer, dataset, config, rng, lr, overfit=None):
     optimizer.zero_grad()
     total = 0.0
     for xm, ym in zip(np.split(x, k), np.split(y, k)):                  # (B, T) each
+        if parallel is not None:            # the same sums, both halves at once
+            total += parallel.forward_backward(xm, ym, scale=1.0 / k) / k
+            continue
         _, loss = model(xm, ym)
         (loss * (1.0 / k)).backward()       # gradients add up across micro-batches
         total += loss.item() / k
