@@ -43,9 +43,8 @@ AUTO_MAX_PARAMETERS = 64_000_000    # --parallel auto: above this the twin's gra
 def worth_it(model):
     """The training CLI's --parallel auto: a model on the CPU with at most
     AUTO_MAX_PARAMETERS parameters, and two threads that can run at once (threads.py)."""
-    params = model.parameters()
-    return (threads.can_run_pair() and params[0].device == "cpu"
-            and sum(p.size for p in params) <= AUTO_MAX_PARAMETERS)
+    return (threads.can_run_pair() and model.parameters()[0].device == "cpu"
+            and model.num_parameters() <= AUTO_MAX_PARAMETERS)
 
 
 class DataParallel:
@@ -77,19 +76,16 @@ class DataParallel:
         """Forward and backward of `scale * loss_fn(model, x, y)` on the whole batch (rows of
         x and y), as two halves at once; gradients are added into the model's .grad (as
         backward() does). Returns the batch's loss as a float (unscaled)."""
-        rows = len(x)
-        if rows < 2:
-            loss = self.loss_fn(self.model, x, y)
-            (loss * scale).backward()
-            return float(loss.item())
-        half = rows // 2
-        self._sync_twin()
+        rows, half = len(x), len(x) // 2
 
         def run(module, lo, hi, stream):
             with backend.random_stream(stream):
                 loss = self.loss_fn(module, x[lo:hi], y[lo:hi])
                 (loss * (scale * (hi - lo) / rows)).backward()     # n_i / (n1 + n2) weights
                 return float(loss.item())
+        if rows < 2:                                                # nothing to split
+            return run(self.model, 0, rows, 0)
+        self._sync_twin()
         first, second = threads.run_pair(lambda: run(self.model, 0, half, 0),
                                          lambda: run(self.twin, half, rows, 1))
         for p, t in self.pairs:

@@ -96,7 +96,7 @@ def for_blocks(xp, n, body, block=BLOCK, matmuls=False):
 
     matmuls=True: the body also multiplies matrices (attention's per-head products). Two
     threads each calling a BLAS that itself runs two threads would fight over the cores
-    (2-3x slower), so while the blocks run, OpenBLAS is set to one thread (blas_threads
+    (2-3x slower), so while the blocks run, OpenBLAS is set to one thread (_blas_switch
     below); where that switch is not available, the blocks run here, in order.
     """
     if xp.__name__ == "cupy":
@@ -111,25 +111,11 @@ def for_blocks(xp, n, body, block=BLOCK, matmuls=False):
         for lo, hi in bounds:
             body(lo, hi)
         return
-    global _helper
     try:
-        if _helper is None:
-            _helper = _Helper()
         half = len(bounds) // 2
         mine, theirs = bounds[:len(bounds) - half], bounds[len(bounds) - half:]
-        blas_before = switch.set(1) if switch else None
-        try:
-            _helper.todo.put(lambda: [body(lo, hi) for lo, hi in theirs])
-            try:
-                for lo, hi in mine:
-                    body(lo, hi)
-            finally:
-                error = _helper.done.get()      # always wait: the helper may use our arrays
-        finally:
-            if switch:
-                switch.set(blas_before)
-        if error is not None:
-            raise error
+        _on_both(lambda: [body(lo, hi) for lo, hi in mine],
+                 lambda: [body(lo, hi) for lo, hi in theirs], switch)
     finally:
         _in_use.release()
 
@@ -150,29 +136,35 @@ def run_pair(first, second):
     """
     if not can_run_pair() or not _in_use.acquire(blocking=False):
         return first(), second()
-    switch = _blas_switch()
-    global _helper
     try:
-        if _helper is None:
-            _helper = _Helper()
-        results = [None, None]
-
-        def theirs():
-            results[1] = second()
-        blas_before = switch.set(1)
-        try:
-            _helper.todo.put(theirs)
-            try:
-                results[0] = first()
-            finally:
-                error = _helper.done.get()      # always wait: the helper may use our arrays
-        finally:
-            switch.set(blas_before)
-        if error is not None:
-            raise error
-        return results[0], results[1]
+        return _on_both(first, second, _blas_switch())
     finally:
         _in_use.release()
+
+
+def _on_both(first, second, switch):
+    """first() here and second() on the helper at the same time (the caller holds _in_use);
+    OpenBLAS at one thread meanwhile when a switch is given. Returns both results."""
+    global _helper
+    if _helper is None:
+        _helper = _Helper()
+    results = [None, None]
+
+    def theirs():
+        results[1] = second()
+    blas_before = switch.set(1) if switch else None
+    try:
+        _helper.todo.put(theirs)
+        try:
+            results[0] = first()
+        finally:
+            error = _helper.done.get()      # always wait: the helper may use our arrays
+    finally:
+        if switch:
+            switch.set(blas_before)
+    if error is not None:
+        raise error
+    return results[0], results[1]
 
 
 class _BlasSwitch:
