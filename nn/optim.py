@@ -198,12 +198,36 @@ def clip_grad_norm(params, max_norm):
     if not grads:
         return 0.0
     xp = backend.xp_of(grads[0])
-    total = math.sqrt(sum(float(xp.vdot(g.reshape(-1), g.reshape(-1))) for g in grads))
+    total = math.sqrt(sum(_sum_of_squares(xp, g) for g in grads))
     scale = max_norm / (total + 1e-6)
     if scale < 1:
         for g in grads:
-            g *= scale
+            _scale_in_place(xp, g, scale)
     return total
+
+
+def _sum_of_squares(xp, g):
+    """sum(g^2) as a float, in blocks on both cores (threads.py), added up in block order
+    so the result does not depend on the thread count."""
+    flat = g.reshape(-1)                        # a view when g is contiguous, else a copy
+    partial = {}                                # block start -> its sum of squares
+
+    def block(lo, hi):
+        partial[lo] = float(xp.vdot(flat[lo:hi], flat[lo:hi]))
+    threads.for_blocks(xp, flat.size, block)
+    return sum(partial[lo] for lo in sorted(partial))
+
+
+def _scale_in_place(xp, g, scale):
+    """g *= scale, in blocks on both cores when g is contiguous (a flat view of it exists)."""
+    if not g.flags.c_contiguous:
+        g *= scale
+        return
+    flat = g.reshape(-1)
+
+    def block(lo, hi):
+        flat[lo:hi] *= scale
+    threads.for_blocks(xp, flat.size, block)
 
 
 def get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):

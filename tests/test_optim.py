@@ -14,6 +14,7 @@ import pytest
 
 import tensor
 import tensor.functional as F
+from tensor import threads
 from nn import (SGD, GELU, AdamW, Embedding, LayerNorm, Linear, Module, Parameter,
                 clip_grad_norm, decay_groups, get_lr)
 
@@ -185,6 +186,36 @@ def test_clip_grad_norm_returns_the_pre_clip_norm_and_clips_like_torch(max_norm)
         assert norm == pytest.approx(float(torch_norm), rel=1e-12)
         for p, t in zip(params, ts):
             np.testing.assert_allclose(p.grad, t.grad.numpy(), rtol=1e-12)
+
+
+def test_clip_grad_norm_over_many_blocks_is_exact_and_independent_of_threads():
+    """Gradients bigger than one block (threads.BLOCK) are summed and scaled in blocks on
+    both cores: the float32 norm matches float64's to 1e-6 (a single float32 dot over
+    millions of values drifts more), every value is scaled, and 1 or 2 threads agree bit
+    for bit. The non-contiguous gradient takes the plain path."""
+    rng = np.random.default_rng(3)
+    shapes = [(700, 1000), (5 * threads.BLOCK + 3,), (64, 48)]
+    grads = [rng.standard_normal(s, dtype=np.float32) for s in shapes]
+    grads[2] = grads[2].T                                   # (48, 64), not C-contiguous
+    truth = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads))
+    results = []
+    for n in (1, 2):
+        params = [Parameter(np.zeros(g.shape, np.float32)) for g in grads]
+        for p, g in zip(params, grads):
+            p.grad = g.copy()
+        threads.set_threads(n)
+        try:
+            norm = clip_grad_norm(params, 1.0)
+        finally:
+            threads.set_threads(2)
+        assert norm == pytest.approx(truth, rel=1e-6)
+        scale = np.float32(1.0 / (norm + 1e-6))
+        for p, g in zip(params, grads):
+            np.testing.assert_array_equal(p.grad, g * scale)
+        results.append((norm, [p.grad for p in params]))
+    assert results[0][0] == results[1][0]
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_clip_grad_norm_skips_parameters_without_gradients():
