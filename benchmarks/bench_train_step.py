@@ -140,10 +140,9 @@ def timed_with_peak(step, args):
     return {**timing, "adjacent_peak_gflops": max(before, after)}
 
 
-def child_ours(shape, args):
-    import tensor  # noqa: F401  before NumPy, as the CLIs do: it tunes OpenBLAS's threads
-    import numpy as np
-    common.limit_threads(args.threads)
+def build_ours(shape, ours_parallel="auto"):
+    """Our model, optimizer and training step at this shape: (step, model, losses, parallel),
+    parallel True when the step runs through nn.DataParallel."""
     import nn
     from gpt import GPT, GPTConfig
     from tensor import manual_seed
@@ -158,8 +157,8 @@ def child_ours(shape, args):
     losses = []
     # as python -m tinygrad_gpt.train --parallel does (see nn/parallel.py)
     parallel = nn.DataParallel(model, lambda m, x, y: m(x, y)[1]) \
-        if args.ours_parallel == "on" or (args.ours_parallel == "auto"
-                                          and nn.parallel.worth_it(model)) else None
+        if ours_parallel == "on" or (ours_parallel == "auto"
+                                     and nn.parallel.worth_it(model)) else None
 
     def step():
         opt.zero_grad()
@@ -172,23 +171,30 @@ def child_ours(shape, args):
         nn.clip_grad_norm(params, CLIP)
         opt.step()
         losses.append(loss)
+    return step, model, losses, parallel is not None
 
+
+def child_ours(shape, args):
+    import tensor  # noqa: F401  before NumPy, as the CLIs do: it tunes OpenBLAS's threads
+    import numpy as np
+    common.limit_threads(args.threads)
+    step, model, losses, parallel = build_ours(shape, args.ours_parallel)
     timing = timed_with_peak(step, args)
     return {"n_params": int(model.num_parameters(non_embedding=True)), **timing,
-            "parallel": parallel is not None,
+            "parallel": parallel,
             "losses": losses, "peak_rss_mb": common.peak_rss_mb(),
             "blas": common.blas_info(np), "numpy": np.__version__}
 
 
-def child_torch(shape, args):
+def build_torch(shape, torch_attn="sdpa"):
+    """nanoGPT's model in PyTorch, its optimizer and training step: (step, model, losses)."""
     import torch
-    torch.set_num_threads(args.threads)
     import nanogpt_reference as ref
     torch.manual_seed(SEED)
     config = ref.GPTConfig(vocab_size=shape["vocab_size"], block_size=shape["block_size"],
                            n_layer=shape["n_layer"], n_head=shape["n_head"],
                            n_embd=shape["n_embd"], dropout=0.0, bias=shape["bias"],
-                           flash=args.torch_attn == "sdpa")
+                           flash=torch_attn == "sdpa")
     model = ref.GPT(config)
     model.train()
     opt = model.configure_optimizers(WEIGHT_DECAY, LR, BETAS, "cpu")
@@ -202,7 +208,13 @@ def child_torch(shape, args):
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
         opt.step()
         losses.append(float(loss.item()))
+    return step, model, losses
 
+
+def child_torch(shape, args):
+    import torch
+    torch.set_num_threads(args.threads)
+    step, model, losses = build_torch(shape, args.torch_attn)
     timing = timed_with_peak(step, args)
     return {"n_params": int(model.get_num_params()), **timing, "losses": losses,
             "peak_rss_mb": common.peak_rss_mb(), "torch": torch.__version__,

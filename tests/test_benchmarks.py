@@ -31,6 +31,27 @@ def test_run_all_quick_writes_one_json_with_every_benchmark(tmp_path):
     assert "torch" not in results["train_step"]["results"]["XS"]
 
 
+def test_gemm_floor_times_every_linear_product_of_our_model(tmp_path):
+    """gemm_floor.py reads the Linears off our GPT (4 per attention, 2 per MLP, per layer,
+    and the tied LM head), times their 3 products each, and reports our step beside them."""
+    import gemm_floor
+    shape = bench_train_step.SHAPES["XS"]
+    C, V, L = shape["n_embd"], shape["vocab_size"], shape["n_layer"]
+    pairs = gemm_floor.linear_shapes(shape)
+    assert sorted(pairs) == sorted([(C, C)] * 4 * L + [(C, 4 * C), (4 * C, C)] * L + [(C, V)])
+    out = tmp_path / "floor.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gemm_floor.py"),
+                           "--quick", "--no-torch", "--json", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads(out.read_text())["summary"]["XS"]
+    N = shape["batch"] * shape["block_size"]
+    assert row["products"] == 3 * len(pairs)
+    assert row["gemm_gflop"] == pytest.approx(sum(6 * N * a * b for a, b in pairs) / 1e9)
+    assert 0 < min(row["floor_ms"].values()) and row["ours_step_ms"] > 0
+    assert "torch_step_ms" not in row
+
+
 def test_rounds_pool_every_step_and_keep_the_highest_rss():
     shape = bench_train_step.SHAPES["XS"]
     children = [{"n_params": 1000, "median_s": 0.2, "times_s": [0.1, 0.2, 0.3],
