@@ -3,9 +3,8 @@
 Reading order: backend.py (numpy or cupy), tensor.py (the Tensor and backward), then the
 ops: elementwise.py, reduce.py, movement.py, matmul.py, and the fused ops gathered in
 functional.py (softmax.py, layernorm.py, gelu.py, embedding.py, cross_entropy.py,
-attention.py); threads.py is how the biggest of those use both CPU cores, memory.py how
-freed memory is kept for the next step. gradcheck.py checks every backward against finite
-differences.
+attention.py); threads.py is how the biggest of those use both CPU cores. gradcheck.py
+checks every backward against finite differences.
 
     from tensor import Tensor, no_grad
     import tensor.functional as F
@@ -16,10 +15,6 @@ import os
 # sleep right after a matmul instead of spinning for ~0.1 s, which leaves the second core
 # free for the elementwise work that threads.py splits over both cores.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-
-from .memory import keep_freed_memory  # noqa: E402
-
-keep_freed_memory()   # freed activations are reused by the next step, no page faults (memory.py)
 
 from . import functional  # noqa: E402  (after the environment line above)
 from .backend import cuda_available, manual_seed

@@ -1,4 +1,5 @@
-"""tensor/memory.py: after `import tensor`, freed big arrays are reused without page faults.
+"""tensor/backend.py keep_freed_memory: after `import tensor`, freed arrays, big ones
+included, are reused without page faults.
 
 Counted, not timed: the kernel's minor page-fault counter (getrusage) for the same loop of
 allocate-touch-free in two fresh processes, one with the setting and one without.
@@ -9,8 +10,9 @@ import sys
 
 import pytest
 
-# Two rounds of what a step does with its activations: four 64 MB arrays alive at once,
-# each written in full, then all freed. Prints the minor page faults of the second round
+# Two rounds of what a step does with its activations: four 64 MB arrays alive at once
+# (bigger than glibc's largest mmap threshold, as GPT-2 small's logits are), each written
+# in full, then all freed. Prints the minor page faults of the second round
 # (the first faults in fresh memory either way).
 LOOP = """
 import resource, tensor, numpy as np
@@ -19,12 +21,14 @@ def faults():
 arrays = [np.ones(16_000_000, np.float32) for _ in range(4)]; del arrays
 before = faults()
 arrays = [np.ones(16_000_000, np.float32) for _ in range(4)]; del arrays
-print(faults() - before, tensor.memory.keep_freed_memory())
+print(faults() - before, tensor.backend.keep_freed_memory())
 """
 
 
 def _faults(keep):
-    env = dict(os.environ, TINYGRAD_GPT_KEEP_MEMORY="1" if keep else "0")
+    env = {k: v for k, v in os.environ.items() if k != "TINYGRAD_GPT_MALLOC"}
+    if not keep:
+        env["TINYGRAD_GPT_MALLOC"] = "default"
     out = subprocess.run([sys.executable, "-c", LOOP], env=env, capture_output=True,
                          text=True, check=True)
     faults, told = out.stdout.split()
