@@ -61,11 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--shape", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
-        args.shapes, args.tokens, args.reps = "XS", 32, 1
-    args.shapes = [s.strip().upper() for s in args.shapes.split(",") if s.strip()]
-    bad = [s for s in args.shapes if s not in SHAPES]
-    if bad:
-        p.error(f"unknown shape(s) {bad}: choose from S, M")
+        args.tokens, args.reps = 32, 1
+    args.shapes = ["XS"] if args.quick else common.parse_shapes(p, args.shapes, ("S", "M"))
     if args.tokens < 1 or args.prompt < 1 or args.reps < 1 or args.threads < 1:
         p.error("--tokens, --prompt, --reps and --threads must be >= 1")
     return args

@@ -9,6 +9,7 @@ import time: NumPy must not be imported before the thread count is fixed).
     cpu_ticks(), steal_percent(a, b)   CPU time the host gave to other guests (see below)
     blas_info(np), torch_blas(torch), cpu_name(), machine_info()
     run_child(argv, env)   run a benchmark child process and read back its one JSON result
+    parse_shapes(...)      the --shapes option, checked
     markdown_table(...)    a Markdown table from a header and rows
 """
 import json
@@ -239,6 +240,16 @@ def run_child(argv, env, timeout=None):
             return json.loads(line[len(RESULT_MARK):])
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
     return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
+
+
+def parse_shapes(parser, text, known):
+    """'s, M' -> ['S', 'M']: the --shapes option, each name checked against `known` (the
+    script's shapes; parser.error names them otherwise)."""
+    names = [name.strip().upper() for name in text.split(",") if name.strip()]
+    bad = [name for name in names if name not in known]
+    if bad:
+        parser.error(f"unknown shape(s) {bad}: choose from {', '.join(known)}")
+    return names
 
 
 def markdown_table(header, rows):

@@ -59,11 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--shape", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
-        args.shapes, args.passes, args.rounds = "XS", 2, 1
-    args.shapes = [s.strip().upper() for s in args.shapes.split(",") if s.strip()]
-    bad = [s for s in args.shapes if s not in SHAPES]
-    if bad:
-        p.error(f"unknown shape(s) {bad}: choose from S, M, L")
+        args.passes, args.rounds = 2, 1
+    args.shapes = ["XS"] if args.quick else common.parse_shapes(p, args.shapes, ("S", "M", "L"))
     if args.passes < 1 or args.rounds < 1 or args.threads < 1:
         p.error("--passes, --rounds and --threads must be >= 1")
     return args
