@@ -91,9 +91,7 @@ def child_ours(shape, args, use_cache):
     from gpt import GPT, GPTConfig
     from tensor import manual_seed
     manual_seed(SEED)
-    model = GPT(GPTConfig(vocab_size=shape["vocab_size"], block_size=shape["block_size"],
-                          n_layer=shape["n_layer"], n_head=shape["n_head"],
-                          n_embd=shape["n_embd"], dropout=0.0, bias=shape["bias"]))
+    model = GPT(GPTConfig(**common.model_sizes(shape)))
     model.eval()
     counts = {"calls": 0, "positions": 0}
     forward = model.forward
@@ -124,9 +122,7 @@ def child_torch(shape, args):
     torch.set_num_threads(args.threads)
     import nanogpt_reference as ref
     torch.manual_seed(SEED)
-    model = ref.GPT(ref.GPTConfig(vocab_size=shape["vocab_size"], block_size=shape["block_size"],
-                                  n_layer=shape["n_layer"], n_head=shape["n_head"],
-                                  n_embd=shape["n_embd"], dropout=0.0, bias=shape["bias"]))
+    model = ref.GPT(ref.GPTConfig(**common.model_sizes(shape)))
     model.eval()
     idx = torch.from_numpy(prompt(shape, args.prompt))
     gen = torch.Generator().manual_seed(0)

@@ -144,9 +144,7 @@ def build_ours(shape, ours_parallel="auto"):
     from gpt import GPT, GPTConfig
     from tensor import manual_seed
     manual_seed(SEED)
-    config = GPTConfig(vocab_size=shape["vocab_size"], block_size=shape["block_size"],
-                       n_layer=shape["n_layer"], n_head=shape["n_head"],
-                       n_embd=shape["n_embd"], dropout=0.0, bias=shape["bias"])
+    config = GPTConfig(**common.model_sizes(shape))
     model = GPT(config)
     params = model.parameters()
     opt = nn.AdamW(nn.decay_groups(params, WEIGHT_DECAY), lr=LR, betas=BETAS)
@@ -188,9 +186,7 @@ def build_torch(shape, torch_attn="sdpa"):
     import torch
     import nanogpt_reference as ref
     torch.manual_seed(SEED)
-    config = ref.GPTConfig(vocab_size=shape["vocab_size"], block_size=shape["block_size"],
-                           n_layer=shape["n_layer"], n_head=shape["n_head"],
-                           n_embd=shape["n_embd"], dropout=0.0, bias=shape["bias"],
+    config = ref.GPTConfig(**common.model_sizes(shape),
                            flash=torch_attn == "sdpa")
     model = ref.GPT(config)
     model.train()

@@ -10,6 +10,7 @@ import time: NumPy must not be imported before the thread count is fixed).
     blas_info(np), torch_blas(torch), cpu_name(), machine_info()
     run_child(argv, env)   run a benchmark child process and read back its one JSON result
     parse_shapes(...)      the --shapes option, checked
+    model_sizes(shape)     GPTConfig keyword arguments for a benchmark shape
     markdown_table(...)    a Markdown table from a header and rows
 """
 import json
@@ -250,6 +251,13 @@ def parse_shapes(parser, text, known):
     if bad:
         parser.error(f"unknown shape(s) {bad}: choose from {', '.join(known)}")
     return names
+
+
+def model_sizes(shape):
+    """A benchmark shape's model settings, as keyword arguments that both our GPTConfig and
+    nanogpt_reference.GPTConfig take (dropout 0: the benchmarks time deterministic steps)."""
+    return {key: shape[key] for key in ("vocab_size", "block_size", "n_layer", "n_head",
+                                        "n_embd", "bias")} | {"dropout": 0.0}
 
 
 def markdown_table(header, rows):

@@ -71,9 +71,7 @@ def linear_shapes(shape):
     read off the model itself (so a change to gpt/ changes the list), plus the LM head."""
     from gpt import GPT, GPTConfig
     from nn import Linear
-    config = GPTConfig(vocab_size=shape["vocab_size"], block_size=shape["block_size"],
-                       n_layer=shape["n_layer"], n_head=shape["n_head"],
-                       n_embd=shape["n_embd"], dropout=0.0, bias=shape["bias"])
+    config = GPTConfig(**common.model_sizes(shape))
     model = GPT(config)
     pairs = [m.weight.shape[::-1] for m in model.modules() if isinstance(m, Linear)]
     V, C = model.token_embedding.weight.shape

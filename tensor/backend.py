@@ -30,11 +30,12 @@ def keep_freed_memory():
     space at the top of the heap is trimmed), and the next step takes them back with fresh
     page faults, each page zeroed by the kernel. So here every block comes from malloc's
     heap (M_MMAP_MAX = 0: no block of its own, however big; where the heap cannot grow,
-    glibc still falls back to mmap) and the heap is never trimmed (M_TRIM_THRESHOLD = -1). Measured: with glibc's defaults, tens of thousands of faults
-    per step at nanoGPT's CPU size and at 6/6/384, 10-30% of the step; with a 32 MB mmap
-    threshold and a 1 GiB trim threshold (this function's first version), GPT-2 small still
-    took ~1,400 faults of 2 MB per step, ~200 ms of system time (its 100 MB logits are over
-    any mmap threshold, and over 1 GiB of its activations was trimmed); now ~1 and ~15 ms.
+    glibc still falls back to mmap) and the heap is never trimmed (M_TRIM_THRESHOLD = -1).
+    Measured: with glibc's defaults, tens of thousands of faults per step at nanoGPT's CPU
+    size and at 6/6/384, 10-30% of the step; with a 32 MB mmap threshold and a 1 GiB trim
+    threshold (this function's first version), GPT-2 small still took ~1,400 faults of 2 MB
+    per step, ~200 ms of system time (its 100 MB logits are over any mmap threshold, and
+    over 1 GiB of its activations was trimmed); now ~1 and ~15 ms.
     Peak memory is the same; RSS stays near its peak between steps instead of breathing.
     Linux/glibc only; a no-op elsewhere. Set TINYGRAD_GPT_MALLOC=default to skip it.
     """
