@@ -114,7 +114,7 @@ def child_numpy(shape, args):
     import tensor  # noqa: F401  before NumPy, as the CLIs do
     import numpy as np
     common.limit_threads(args.threads)
-    from tensor import threads
+    from tensor.fast import threads
     rng = np.random.default_rng(SEED)
 
     def rand(s):

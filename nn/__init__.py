@@ -5,9 +5,9 @@ LayerNorm, Dropout, GELU), optim.py (AdamW, SGD, clip_grad_norm, get_lr), then p
 (DataParallel: the two halves of a batch on the two CPU cores).
 """
 from .layers import GELU, Dropout, Embedding, LayerNorm, Linear
-from .module import Module, ModuleList, Parameter, module_scopes
+from .module import Module, ModuleList, Parameter, forward_backward, module_scopes
 from .optim import SGD, AdamW, clip_grad_norm, decay_groups, get_lr
 from .parallel import DataParallel
 
-__all__ = ["Module", "ModuleList", "Parameter", "module_scopes", "Linear", "Embedding", "LayerNorm", "Dropout",
+__all__ = ["Module", "ModuleList", "Parameter", "forward_backward", "module_scopes", "Linear", "Embedding", "LayerNorm", "Dropout",
            "GELU", "AdamW", "SGD", "clip_grad_norm", "decay_groups", "get_lr", "DataParallel"]

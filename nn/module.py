@@ -112,11 +112,11 @@ class Module:
             p.grad = None
 
     def to(self, device):
-        """Move every parameter to a device in place (create optimizers after this)."""
+        """Move every parameter to a device in place (the Parameter objects stay, so an
+        optimizer made before or after sees them there)."""
         device = backend.check_device(device)
         for p in self.parameters():
             p.data, p.device, p.grad = backend.to_device(p.data, device), device, None
-            p.grad_buffer = None        # an optimizer's buffer stays on the old device
         return self
 
     # ----- saving and loading -----------------------------------------------------------
@@ -125,7 +125,7 @@ class Module:
         return {name: p.data for name, p in self.named_parameters()}
 
     def load_state_dict(self, state, strict=True):
-        """Copy arrays into the parameters, in place (optimizer views stay valid).
+        """Copy arrays into the parameters, in place.
 
         strict=True: every missing, unexpected or wrongly-shaped key is an error, all of them
         named in one message. strict=False: loads what matches and returns the problems.
@@ -176,3 +176,12 @@ class ModuleList(Module):
     def append(self, module):
         setattr(self, str(len(self)), module)
         return self
+
+
+def forward_backward(model, x, y, scale=1.0):
+    """Forward and backward of scale * loss for one batch, `_, loss = model(x, y)`; returns
+    the loss as a float. The unit of work of a training step (tinygrad_gpt/train.py);
+    nn.DataParallel.forward_backward computes the same on two halves at once."""
+    _, loss = model(x, y)
+    (loss * scale).backward()
+    return float(loss.item())

@@ -1,28 +1,22 @@
 """Optimizers (AdamW, SGD with momentum), gradient clipping and nanoGPT's learning-rate schedule.
 
-Speed: a small GPT has dozens of parameter arrays, and updating each with a handful of
-NumPy calls costs more Python time than arithmetic. So an optimizer packs every parameter
-into ONE flat buffer and makes each parameter's `.data` a view into it; gradients get a flat
-buffer too. A step is then a few whole-buffer array operations, whatever the parameter
-count. Parameter groups (e.g. decayed vs not) are contiguous segments of those buffers.
-On the CPU those operations run over L2-sized pieces of the buffers, on both cores
-(tensor/threads.py).
-
-Create the optimizer after moving the model to its device (`model.to`), since moving
-replaces the arrays the views point into.
+Each parameter keeps its own arrays: an optimizer reads `p.data` and `p.grad` at every
+step and keeps its state (AdamW's moments m and v) per parameter, made at the first step on
+the parameter's device. So the model, `model.to(device)` and the optimizer may be made in
+any order. The updates are whole-array math (adamw_update, below); tensor.fast registers a
+kernel that runs the same update in cache-sized blocks on both CPU cores.
 """
 import math
 
-from tensor import backend, threads
+import numpy as np
+
+from tensor import backend, dispatch
 
 
-CHUNK = 1 << 16   # elements updated at a time on the CPU: the update's temporaries stay in L2
+class Optimizer:
+    """Parameter groups (dicts with "params" and settings) and per-parameter state."""
 
-
-class FlatOptimizer:
-    """Packs the parameters of each group into flat data and grad buffers (see above)."""
-
-    def __init__(self, params, defaults):
+    def __init__(self, params, defaults, state_names):
         groups = list(params)
         if groups and not isinstance(groups[0], dict):
             groups = [{"params": groups}]
@@ -38,147 +32,119 @@ class FlatOptimizer:
                 self.params.extend(unique)
         if not self.params:
             raise ValueError("optimizer got an empty parameter list")
-        first = self.params[0]
-        self.xp, self.device = first.xp, first.device
-        total = sum(p.size for p in self.params)
-        self.flat = self.xp.empty(total, dtype=first.dtype)         # every parameter, end to end
-        self.flat_grad = self.xp.zeros(total, dtype=first.dtype)    # every gradient, same layout
-        self.views, start = [], 0                                   # (data view, grad view)
-        for group in self.param_groups:
-            group["start"] = start
-            for p in group["params"]:
-                end = start + p.size
-                self.flat[start:end] = p.data.reshape(-1)
-                p.data = self.flat[start:end].reshape(p.shape)
-                self.views.append(self.flat_grad[start:end].reshape(p.shape))
-                start = end
-            group["end"] = start
-        self.zero_grad()
+        self.state_names = state_names     # the arrays kept per parameter, e.g. ("m", "v")
+        self.state = {}                    # id(p) -> {name: array like p.data}
+        self.t = 0                         # steps taken
 
     def zero_grad(self):
-        """Empty every gradient (.grad = None, as torch's set_to_none) and point each
-        parameter's grad_buffer at its view of the flat gradient buffer: the next backward()
-        writes the first gradient straight into the buffer (tensor.py's accumulate_grad, and
-        linear's dW in place), and later ones add to it. Nothing is filled with zeros."""
-        for p, grad_view in zip(self.params, self.views):
-            p.grad, p.grad_buffer = None, grad_view
+        """Empty every gradient (.grad = None, as torch's set_to_none=True)."""
+        for p in self.params:
+            p.grad = None
 
-    def gather_grads(self):
-        """Make sure every gradient is in the flat buffer: a .grad that was replaced (e.g. by
-        model.zero_grad(), which sets None) is copied in; a parameter that got no gradient
-        reads as zeros. Returns the flat gradient."""
-        for p, grad_view in zip(self.params, self.views):
-            if p.grad is None:
-                grad_view.fill(0)
-            elif p.grad is not grad_view:
-                grad_view[...] = p.grad
-            p.grad = grad_view
-        return self.flat_grad
+    def state_of(self, p):
+        """The state arrays of p, made (zeros, on p's device) the first time."""
+        arrays = self.state.get(id(p))
+        if arrays is None or arrays[self.state_names[0]].shape != p.shape or \
+                backend.device_of(arrays[self.state_names[0]]) != p.device:
+            arrays = self.state[id(p)] = self._moved(arrays, p)
+        return arrays
 
-    def segments(self):
-        """(group, param slice, grad slice) for each parameter group."""
-        for group in self.param_groups:
-            s = slice(group["start"], group["end"])
-            yield group, self.flat[s], self.flat_grad[s]
+    def _moved(self, arrays, p):
+        if arrays is None:
+            return {name: p.xp.zeros_like(p.data) for name in self.state_names}
+        return {name: backend.to_device(a, p.device) for name, a in arrays.items()}
+
+    def state_dict(self):
+        """{"t": steps, name: every parameter's array end to end, in parameter order}
+        (zeros for a parameter not stepped yet), the layout checkpoints store."""
+        out = {"t": self.t}
+        for name in self.state_names:
+            parts = [backend.to_numpy(self.state_of(p)[name]).reshape(-1) for p in self.params]
+            out[name] = np.concatenate(parts)
+        return out
+
+    def load_state_dict(self, state):
+        total = sum(p.size for p in self.params)
+        missing = [k for k in ("t",) + self.state_names if k not in state]
+        if missing:
+            raise ValueError(f"optimizer state is missing {', '.join(missing)}")
+        for name in self.state_names:
+            if tuple(state[name].shape) != (total,):
+                raise ValueError(f"optimizer state '{name}' has shape "
+                                 f"{tuple(state[name].shape)}, but the parameters need "
+                                 f"({total},): a different model?")
+        self.t = int(state["t"])
+        start = 0
+        for p in self.params:
+            arrays = self.state_of(p)
+            for name in self.state_names:
+                flat = state[name][start:start + p.size].reshape(p.shape)
+                arrays[name][...] = backend.to_device(flat, p.device)
+            start += p.size
 
 
-class AdamW(FlatOptimizer):
-    """Adam with decoupled weight decay (Loshchilov & Hutter), as torch.optim.AdamW:
+def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
+    """One AdamW step of one parameter, in place on p, m and v (arrays of one shape):
 
-        p <- p - lr * wd * p                        (decay, not part of the gradient)
+        p <- p - lr wd p                              (decay, not part of the gradient)
         m <- b1 m + (1 - b1) g,   v <- b2 v + (1 - b2) g^2
-        p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+        p <- p - lr m_hat / (sqrt(v_hat) + eps),   m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t)
     """
+    xp = backend.xp_of(p)
+    if weight_decay:
+        p *= 1 - lr * weight_decay
+    m *= beta1
+    m += g * (1 - beta1)
+    v *= beta2
+    v += (g * g) * (1 - beta2)
+    denominator = xp.sqrt(v) * (1 / math.sqrt(1 - beta2 ** t)) + eps    # sqrt(v_hat) + eps
+    p -= (m / denominator) * (lr / (1 - beta1 ** t))                    # lr m_hat / ...
+
+
+class AdamW(Optimizer):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), as torch.optim.AdamW; the
+    update of each parameter is adamw_update above."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps,
-                                  "weight_decay": weight_decay})
-        self.m = self.xp.zeros_like(self.flat)       # first moment (mean of gradients)
-        self.v = self.xp.zeros_like(self.flat)       # second moment (mean of squared gradients)
-        self.t = 0                                   # steps taken
+                                  "weight_decay": weight_decay}, ("m", "v"))
 
     def step(self):
-        xp = self.xp
-        self.gather_grads()
+        update = dispatch.kernel("adamw_update", adamw_update)
         self.t += 1
         for group in self.param_groups:
-            lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
-            decay = 1 - lr * group["weight_decay"]
-            v_scale = 1 / math.sqrt(1 - b2 ** self.t)            # sqrt(v_hat) = sqrt(v) * v_scale
-            step_size = lr / (1 - b1 ** self.t)                  # lr m_hat = m * step_size
-            start = group["start"]
-
-            def update(lo, hi):                                  # one L2-sized piece
-                s = slice(start + lo, start + hi)
-                p, g, m, v = self.flat[s], self.flat_grad[s], self.m[s], self.v[s]
-                tmp = xp.empty_like(p)
-                if decay != 1:
-                    p *= decay                                  # p = p - lr wd p
-                m *= b1
-                xp.multiply(g, 1 - b1, out=tmp)
-                m += tmp                                        # m = b1 m + (1 - b1) g
-                v *= b2
-                xp.multiply(g, g, out=tmp)
-                tmp *= 1 - b2
-                v += tmp                                        # v = b2 v + (1 - b2) g^2
-                xp.sqrt(v, out=tmp)
-                tmp *= v_scale
-                tmp += eps                                      # sqrt(v_hat) + eps
-                xp.divide(m, tmp, out=tmp)
-                tmp *= step_size                                # lr m_hat / (sqrt(v_hat) + eps)
-                p -= tmp
-            threads.for_blocks(xp, group["end"] - start, update, CHUNK)
-
-    def state_dict(self):
-        return {"t": self.t, "m": self.m, "v": self.v}
-
-    def load_state_dict(self, state):
-        _check_state(state, ("t", "m", "v"), self.flat.shape)
-        self.t = int(state["t"])
-        self.m[...] = backend.to_device(state["m"], self.device)
-        self.v[...] = backend.to_device(state["v"], self.device)
+            (b1, b2) = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                s = self.state_of(p)
+                update(p.data, p.grad, s["m"], s["v"], group["lr"], b1, b2, group["eps"],
+                       group["weight_decay"], self.t)
 
 
-class SGD(FlatOptimizer):
+class SGD(Optimizer):
     """Stochastic gradient descent with momentum, as torch.optim.SGD (no dampening):
 
         d = g + wd * p,   buf <- momentum * buf + d,   p <- p - lr * buf
     """
 
     def __init__(self, params, lr=1e-2, momentum=0.0, weight_decay=0.0):
-        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
-        self.buf = self.xp.zeros_like(self.flat)
-        self.t = 0
+        super().__init__(params, {"lr": lr, "momentum": momentum,
+                                  "weight_decay": weight_decay}, ("buf",))
 
     def step(self):
-        self.gather_grads()
         self.t += 1
-        for group, p, g in self.segments():
-            d = g + group["weight_decay"] * p if group["weight_decay"] else g
-            if group["momentum"]:
-                buf = self.buf[group["start"]:group["end"]]
-                buf *= group["momentum"]
-                buf += d
-                d = buf
-            p -= group["lr"] * d
-
-    def state_dict(self):
-        return {"t": self.t, "buf": self.buf}
-
-    def load_state_dict(self, state):
-        _check_state(state, ("t", "buf"), self.flat.shape)
-        self.t = int(state["t"])
-        self.buf[...] = backend.to_device(state["buf"], self.device)
-
-
-def _check_state(state, keys, shape):
-    missing = [k for k in keys if k not in state]
-    if missing:
-        raise ValueError(f"optimizer state is missing {', '.join(missing)}")
-    for k in keys[1:]:
-        if tuple(state[k].shape) != tuple(shape):
-            raise ValueError(f"optimizer state '{k}' has shape {tuple(state[k].shape)}, "
-                             f"but the parameters need {tuple(shape)}: a different model?")
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad + group["weight_decay"] * p.data if group["weight_decay"] else p.grad
+                if group["momentum"]:
+                    buf = self.state_of(p)["buf"]
+                    buf *= group["momentum"]
+                    buf += d
+                    d = buf
+                p.data -= group["lr"] * d
 
 
 def decay_groups(params, weight_decay):
@@ -190,44 +156,35 @@ def decay_groups(params, weight_decay):
 
 
 def clip_grad_norm(params, max_norm):
-    """Scale all gradients together so their global L2 norm is at most max_norm.
+    """Scale all gradients together so their global L2 norm is at most max_norm:
 
-    Returns the norm before clipping (as torch.nn.utils.clip_grad_norm_ does).
+        norm = sqrt(sum over every gradient of sum(g^2)),   g <- g * max_norm / (norm + 1e-6)
+
+    (only when that factor is below 1). Returns the norm before clipping, as
+    torch.nn.utils.clip_grad_norm_ does.
     """
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
-    xp = backend.xp_of(grads[0])
-    total = math.sqrt(sum(_sum_of_squares(xp, g) for g in grads))
+    sum_sq = dispatch.kernel("sum_of_squares", sum_of_squares)
+    total = math.sqrt(sum(sum_sq(g) for g in grads))
     scale = max_norm / (total + 1e-6)
     if scale < 1:
+        scale_ = dispatch.kernel("scale_", scale_in_place)
         for g in grads:
-            _scale_in_place(xp, g, scale)
+            scale_(g, scale)
     return total
 
 
-def _sum_of_squares(xp, g):
-    """sum(g^2) as a float, in blocks on both cores (threads.py), added up in block order
-    so the result does not depend on the thread count."""
-    flat = g.reshape(-1)                        # a view when g is contiguous, else a copy
-    partial = {}                                # block start -> its sum of squares
-
-    def block(lo, hi):
-        partial[lo] = float(xp.vdot(flat[lo:hi], flat[lo:hi]))
-    threads.for_blocks(xp, flat.size, block)
-    return sum(partial[lo] for lo in sorted(partial))
-
-
-def _scale_in_place(xp, g, scale):
-    """g *= scale, in blocks on both cores when g is contiguous (a flat view of it exists)."""
-    if not g.flags.c_contiguous:
-        g *= scale
-        return
+def sum_of_squares(g):
+    """sum(g^2) as a Python float."""
     flat = g.reshape(-1)
+    return float(backend.xp_of(g).vdot(flat, flat))
 
-    def block(lo, hi):
-        flat[lo:hi] *= scale
-    threads.for_blocks(xp, flat.size, block)
+
+def scale_in_place(g, scale):
+    """g *= scale."""
+    g *= scale
 
 
 def get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):

@@ -22,8 +22,8 @@ training): gradient accumulation over two micro-batches, run at the same time. D
 the second half draws from its own random stream (backend.random_stream), so runs repeat
 exactly whether the halves ran in parallel or one after the other.
 
-    dp = nn.DataParallel(model, loss_fn=lambda m, x, y: m(x, y)[1])
-    loss = dp.forward_backward(x, y)     # instead of: loss = m(x, y)[1]; loss.backward()
+    dp = nn.DataParallel(model)          # loss_fn(module, x, y): default module(x, y)[1]
+    loss = dp.forward_backward(x, y)     # as nn.forward_backward(model, x, y)
 
 Costs: one extra gradient buffer (the twin's, the size of the weights) and a second set of
 activations of half the size. When it pays is measured in benchmarks/README.md; the
@@ -31,7 +31,8 @@ training CLI's --parallel auto turns it on for small models on the CPU only.
 """
 import copy
 
-from tensor import backend, threads
+from tensor import backend
+from tensor.fast import threads
 from tensor.tensor import accumulate_grad
 
 from .module import Module
@@ -47,24 +48,26 @@ def worth_it(model):
             and model.num_parameters() <= AUTO_MAX_PARAMETERS)
 
 
+def model_loss(module, x, y):
+    """The default loss_fn: the loss a model returns, `_, loss = module(x, y)`."""
+    return module(x, y)[1]
+
+
 class DataParallel:
     """Run forward + backward on the two halves of a batch at once, on the two CPU cores."""
 
-    def __init__(self, model, loss_fn):
+    def __init__(self, model, loss_fn=None):
         if not isinstance(model, Module):
             raise TypeError(f"DataParallel needs a Module, got {type(model).__name__}")
-        self.model, self.loss_fn = model, loss_fn
+        self.model, self.loss_fn = model, loss_fn or model_loss
         params = model.parameters()
         # deepcopy with every weight array already "copied" as itself and every gradient
         # as None: the twin's modules and Parameters are new objects, its weight arrays are
         # the model's own (ties stay ties)
         memo = {id(p.data): p.data for p in params}
-        memo.update({id(g): None for p in params for g in (p.grad, p.grad_buffer)
-                     if g is not None})
+        memo.update({id(p.grad): None for p in params if p.grad is not None})
         self.twin = copy.deepcopy(model, memo)
         self.pairs = list(zip(params, self.twin.parameters()))     # (model's, twin's)
-        for p, t in self.pairs:
-            t.grad_buffer = p.xp.empty_like(p.data)                # the twin's gradients
 
     def _sync_twin(self):
         """Point the twin at the model's current arrays and empty its gradients."""
@@ -90,5 +93,6 @@ class DataParallel:
                                          lambda: run(self.twin, half, rows, 1))
         for p, t in self.pairs:
             if t.grad is not None:
-                accumulate_grad(p, t.grad)                          # p.grad += twin's
+                accumulate_grad(p, t.grad, fresh=True)              # p.grad += twin's
+                t.grad = None
         return (half * first + (rows - half) * second) / rows

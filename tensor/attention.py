@@ -23,7 +23,8 @@ scores to its output while a piece's (rows x keys) weights are still in the L2 c
 """
 import math
 
-from . import backend, threads
+from . import backend
+from .fast import threads
 from .tensor import make
 
 _masks = {}   # (T, L, offset, device) -> additive causal mask of 0 / -inf, built once

@@ -6,9 +6,6 @@ array-module interface the two share, so the same code runs on the CPU and on a 
     device "cpu"  -> numpy
     device "cuda" -> cupy   (pip install "tinygrad_gpt[cuda]"; needs an NVIDIA GPU)
 """
-import ctypes
-import os
-import sys
 import threading
 
 import numpy as np
@@ -19,40 +16,6 @@ except Exception:  # ImportError, or a CuPy build that fails to load its CUDA li
     _cupy = None
 
 DEVICES = ("cpu", "cuda")
-
-
-def keep_freed_memory():
-    """Memory for speed: ask glibc's malloc to keep all freed memory for reuse.
-
-    A training step allocates its activations in forward, frees them in backward, and the
-    next step allocates the same arrays again. By default glibc hands big blocks back to
-    the OS (a block over the mmap threshold, at most 32 MB, is unmapped when freed; free
-    space at the top of the heap is trimmed), and the next step takes them back with fresh
-    page faults, each page zeroed by the kernel. So here every block comes from malloc's
-    heap (M_MMAP_MAX = 0: no block of its own, however big; where the heap cannot grow,
-    glibc still falls back to mmap) and the heap is never trimmed (M_TRIM_THRESHOLD = -1).
-    Measured: with glibc's defaults, tens of thousands of faults per step at nanoGPT's CPU
-    size and at 6/6/384, 10-30% of the step; with a 32 MB mmap threshold and a 1 GiB trim
-    threshold (this function's first version), GPT-2 small still took ~1,400 faults of 2 MB
-    per step, ~200 ms of system time (its 100 MB logits are over any mmap threshold, and
-    over 1 GiB of its activations was trimmed); now ~1 and ~15 ms.
-    Peak memory is the same; RSS stays near its peak between steps instead of breathing.
-    Linux/glibc only; a no-op elsewhere. Set TINYGRAD_GPT_MALLOC=default to skip it.
-    """
-    if sys.platform != "linux" or os.environ.get("TINYGRAD_GPT_MALLOC") == "default":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4              # glibc's mallopt keys
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return all(mallopt(key, value) == 1 for key, value in
-               ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1), (M_TOP_PAD, 64 << 20)))
-
-
-keep_freed_memory()
 
 
 def cuda_available():
@@ -154,3 +117,18 @@ class random_stream:
 
     def __exit__(self, *exc):
         _stream.index = self._before
+
+
+def random_state(device):
+    """Every random generator made so far for a device, {stream: state}: one JSON-able
+    object that set_random_state puts back (a checkpoint saves it)."""
+    return {str(stream): gen.bit_generator.state
+            for (dev, stream), gen in sorted(_generators.items()) if dev == device}
+
+
+def set_random_state(device, state):
+    """Restore what random_state returned (call manual_seed first: a stream that was never
+    used is not in `state`, and is then made fresh from the seed, as it would have been)."""
+    for stream, value in state.items():
+        with random_stream(int(stream)):
+            generator(device).bit_generator.state = value

@@ -7,7 +7,7 @@ Backward: d loss / d x_i = (softmax(x_i) - onehot(t_i)) / N_kept, and 0 for igno
 Fusing the three steps avoids ever forming log-probabilities for the whole vocabulary twice,
 and the backward is one subtraction on the saved probabilities.
 """
-from . import threads
+from .fast import threads
 from .tensor import Tensor, make
 
 

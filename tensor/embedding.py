@@ -10,7 +10,7 @@ we sort the ids so equal ids sit together and sum each run with one `np.add.redu
 """
 import numpy as np
 
-from .tensor import Tensor, grad_destination, make
+from .tensor import Tensor, make
 
 
 def embedding(ids, weight):
@@ -25,16 +25,9 @@ def embedding(ids, weight):
     y = weight.data[ids]                                          # (..., C)
 
     def backward(dy):
-        flat_ids, rows = ids.reshape(-1), dy.reshape(-1, C)
-        if weight._backward is None and weight.grad is not None:
-            # a leaf that already has a gradient (a tied LM head's, or an earlier batch's):
-            # add the used rows into it in place, instead of a (V, C) array that is mostly 0
-            scatter_add_rows(weight.xp, V, flat_ids, rows, out=weight.grad)
-            return (None,)                                        # nothing left to add
-        out = grad_destination(weight)                            # the optimizer's buffer
-        if out is not None:
-            out.fill(0)
-        return (scatter_add_rows(weight.xp, V, flat_ids, rows, out=out),)
+        flat_ids, rows = ids.reshape(-1), dy.reshape(-1, C)     # (N,), (N, C)
+        return (scatter_add_rows(weight.xp, V, flat_ids, rows),)  # (V, C)
+
     return make(y, (weight,), "embedding", backward)
 
 

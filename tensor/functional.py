@@ -5,16 +5,42 @@ Each lives in its own file with its forward and hand-derived backward side by si
     gelu                  -> gelu.py           embedding     -> embedding.py
     cross_entropy         -> cross_entropy.py  linear        -> linear.py
     scaled_dot_product_attention -> attention.py                  dropout -> here
+
+Those files are the reference: what runs unless tensor.fast has registered a faster kernel
+for the op (dispatch.py), which computes the same thing, tested against the reference.
 """
-from . import backend
-from .attention import scaled_dot_product_attention
-from .cross_entropy import cross_entropy
+from . import backend, dispatch
+from .attention import scaled_dot_product_attention as reference_attention
+from .cross_entropy import cross_entropy as reference_cross_entropy
 from .embedding import embedding
-from .gelu import gelu
-from .layernorm import layer_norm
+from .gelu import gelu as reference_gelu
+from .layernorm import layer_norm as reference_layer_norm
 from .linear import linear
 from .softmax import log_softmax, softmax
 from .tensor import make
+
+
+def gelu(x, approximate="tanh"):
+    """GELU (gelu.py)."""
+    return dispatch.kernel("gelu", reference_gelu)(x, approximate)
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5):
+    """Layer norm over the last axis (layernorm.py)."""
+    return dispatch.kernel("layer_norm", reference_layer_norm)(x, weight, bias, eps)
+
+
+def cross_entropy(logits, targets, ignore_index=-1):
+    """Mean cross-entropy of logits against integer targets (cross_entropy.py)."""
+    return dispatch.kernel("cross_entropy", reference_cross_entropy)(logits, targets,
+                                                                     ignore_index)
+
+
+def scaled_dot_product_attention(q, k, v, is_causal=True, offset=0, dropout_p=0.0,
+                                 training=False):
+    """softmax(q k^T / sqrt(hs) + causal mask) v as one op (attention.py)."""
+    return dispatch.kernel("attention", reference_attention)(q, k, v, is_causal, offset,
+                                                             dropout_p, training)
 
 
 def dropout(x, p=0.1, training=True):

@@ -7,7 +7,7 @@ erf form:   y = x Phi(x),  Phi(x) = 0.5 (1 + erf(x / sqrt(2)))
 """
 import math
 
-from . import threads
+from .fast import threads
 from .tensor import make
 
 S = math.sqrt(2.0 / math.pi)

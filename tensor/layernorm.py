@@ -9,7 +9,7 @@ Backward (dn = dy * w; means are over the row):
 The dx line is the chain rule through n = (x - mu) * rstd: the two mean terms are what
 flows back through mu and through rstd (see docs/backprop.md for the three-line derivation).
 """
-from . import threads
+from .fast import threads
 from .tensor import make
 
 

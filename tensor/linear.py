@@ -6,11 +6,9 @@ embedding (V, C) can serve as the LM head directly. With x (..., in) and dy (...
     dx = dy @ W          dW = dy^T @ x  (summed over every leading axis)     db = sum(dy)
 
 Fusing the bias add into the matmul saves a graph node and a pass over the output, and
-the leading axes (B, T) are flattened so each product is one large GEMM. When an optimizer
-holds the weight's gradient buffer and it is still empty, dW is written straight into it
-(tensor.py's grad_destination): no (out, in) temporary and no copy.
+the leading axes (B, T) are flattened so each product is one large GEMM.
 """
-from .tensor import grad_destination, make
+from .tensor import make
 
 
 def linear(x, weight, bias=None):
@@ -19,7 +17,6 @@ def linear(x, weight, bias=None):
     if x.shape[-1] != in_features:
         raise ValueError(f"linear: input of shape {x.shape} has {x.shape[-1]} features, "
                          f"but the weight {weight.shape} expects {in_features}")
-    xp = x.xp
     lead = x.shape[:-1]                                           # (B, T) or any leading axes
     x2 = x.data.reshape(-1, in_features)                          # (N, in)
     y = x2 @ weight.data.T                                        # (N, in) @ (in, out) -> (N, out)
@@ -30,12 +27,7 @@ def linear(x, weight, bias=None):
     def backward(dy):
         dy2 = dy.reshape(-1, out_features)                        # (N, out)
         dx = (dy2 @ weight.data).reshape(x.shape) if x.requires_grad else None
-        dw = None
-        if weight.requires_grad:
-            # dW = dy^T @ x, (out, N) @ (N, in): straight into the optimizer's gradient
-            # buffer when that is waiting empty (no temporary, no copy; see the top)
-            dest = grad_destination(weight) if x is not weight else None
-            dw = xp.matmul(dy2.T, x2, out=dest)
+        dw = dy2.T @ x2 if weight.requires_grad else None        # (out, N) @ (N, in)
         if bias is None:
             return dx, dw
         return dx, dw, (dy2.sum(axis=0) if bias.requires_grad else None)

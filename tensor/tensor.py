@@ -73,8 +73,8 @@ class Tensor:
     unless dtype says otherwise ('float64' for gradient checks); integer and bool data
     keep their kind (token ids are int64). `.grad` holds d(loss)/d(self) after backward().
     """
-    __slots__ = ("data", "grad", "grad_buffer", "requires_grad", "device", "op", "_parents",
-                 "_backward", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "device", "op", "_parents", "_backward",
+                 "__weakref__")
     # Bug fix: without this, `ndarray @ Tensor` (and ndarray * Tensor, np.float64 * Tensor)
     # was run by NumPy itself, treating the Tensor as an opaque object and returning an
     # object array. None tells NumPy to defer, so Python calls Tensor.__rmatmul__ etc.
@@ -93,7 +93,6 @@ class Tensor:
         if requires_grad and self.data.dtype.kind != "f":
             raise TypeError(f"requires_grad=True needs a float tensor, got {self.data.dtype}")
         self.grad = None
-        self.grad_buffer = None  # where the first gradient goes, if an optimizer gave one
         self.requires_grad = bool(requires_grad)
         self.device = device
         self.op = None          # name of the op that made this tensor (None for a leaf)
@@ -189,16 +188,16 @@ class Tensor:
             if dy is None:
                 continue
             if node._backward is None:           # backward() called on a leaf itself
-                accumulate_grad(node, dy)
+                accumulate_grad(node, dy, fresh=False)
                 continue
-            input_grads = node._backward(dy)
+            input_grads = node._backward(dy)     # one gradient (or None) per parent
             if _anomaly_mode:
                 check_grads(node, input_grads)
             for parent, dparent in zip(node._parents, input_grads):
                 if dparent is None or not parent.requires_grad:
                     continue
                 if parent._backward is None:     # a leaf (a parameter): add into its .grad
-                    accumulate_grad(parent, dparent)   # now, in place, no summed temporary
+                    accumulate_grad(parent, dparent, fresh=is_fresh(dparent, dy, input_grads))
                     continue
                 key = id(parent)
                 grads[key] = dparent if key not in grads else grads[key] + dparent
@@ -250,40 +249,36 @@ class Tensor:
     def stack(tensors, axis=0): return movement.stack(tensors, axis)
 
 
-def accumulate_grad(leaf, g):
-    """leaf.grad += g. The first gradient is copied (so .grad never aliases another array)
-    into the leaf's grad_buffer when an optimizer gave it one (nn/optim.py), which an op
-    may already have filled in place (grad_destination): then there is nothing to copy."""
+def accumulate_grad(leaf, g, fresh):
+    """leaf.grad += g: the only place a gradient is written into a tensor.
+
+    The first gradient becomes .grad as it is when it is `fresh` (a new array that nothing
+    else holds, see is_fresh), else a copy of it, so .grad never aliases another array."""
     if leaf.grad is not None:
         leaf.grad += g
-    elif leaf.grad_buffer is not None:
-        if g is not leaf.grad_buffer:
-            leaf.grad_buffer[...] = g
-        leaf.grad = leaf.grad_buffer
+    elif fresh and g.dtype == leaf.dtype and g.shape == leaf.shape:
+        leaf.grad = g
     else:
         leaf.grad = leaf.xp.array(g, dtype=leaf.dtype, copy=True)
 
 
-def grad_destination(t):
-    """For an op's backward: an array to write t's gradient into directly (out=...), when t
-    is a leaf with no gradient yet whose optimizer gave it a buffer; None otherwise.
-
-    Returning that same array as t's gradient saves a temporary and a copy: the engine sees
-    it is already in place. Use it only for a tensor that appears once among the op's inputs.
-    """
-    if t.requires_grad and t._backward is None and t.grad is None:
-        return t.grad_buffer
-    return None
+def is_fresh(g, dy, input_grads):
+    """True when a backward made g itself: not the incoming dy passed on, not a view of
+    another array, and not also given to another parent (add gives dy to both). A backward
+    returns new arrays or dy (and its views); it never returns an array it keeps."""
+    return (g is not dy and getattr(g, "base", g) is None
+            and sum(other is g for other in input_grads) == 1)
 
 
 def make(data, parents, op, backward):
     """Wrap an op's output array; record the graph edge when some input needs a gradient.
 
     data: the output array. parents: the input Tensors. backward: dy -> tuple of one
-    gradient (or None) per parent, each with that parent's shape.
+    gradient (or None, for a parent that needs none) per parent, each with that parent's
+    shape. A backward only returns gradients: the engine adds them up (accumulate_grad).
     """
     out = Tensor.__new__(Tensor)
-    out.data, out.grad, out.grad_buffer, out.op = data, None, None, op
+    out.data, out.grad, out.op = data, None, op
     out.device = parents[0].device
     out.requires_grad = _grad_enabled and any(p.requires_grad for p in parents)
     if out.requires_grad:

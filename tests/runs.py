@@ -3,7 +3,7 @@ import nn
 import tensor
 from gpt import GPT, GPTConfig
 from gpt.bigram import Bigram
-from tinygrad_gpt import checkpoint, tokenizers
+from tinygrad_gpt import checkpoint, tokenizer_io
 from tokenizer import CharTokenizer
 
 
@@ -17,5 +17,5 @@ def make_run(folder, model="gpt", text="To be, or not to be\n"):
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint.save(folder, net, nn.AdamW(net.parameters()),
                     {"iter": 0, "model_config": config.to_dict(), "model": model})
-    tokenizers.save(tok, folder / "tokenizer")
+    tokenizer_io.save(tok, folder / "tokenizer")
     return folder

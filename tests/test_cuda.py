@@ -13,7 +13,7 @@ from strategies import PUBLIC_OPS, away_from_zero, distinct, normal, positive
 from tensor import Tensor
 from tensor.backend import to_numpy
 from tensor.gelu import gelu_erf
-from tensor.gradcheck import gradcheck
+from tensor.finite_differences import gradcheck
 from test_ops_gradcheck import TOLERANCES
 
 GPU = tensor.cuda_available()

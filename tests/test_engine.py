@@ -9,7 +9,7 @@ from hypothesis import given
 import tensor
 from strategies import broadcast_pairs, graph_ops, normal, positive, rng_for, seeds, shapes
 from tensor import Tensor, detect_anomaly, no_grad
-from tensor.gradcheck import gradcheck
+from tensor.finite_differences import gradcheck
 from tensor.graph import topological_order
 
 requires_gpu = pytest.mark.skipif(not tensor.cuda_available(),

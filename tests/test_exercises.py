@@ -10,7 +10,7 @@ import pytest
 
 from gpt import GPTConfig
 from gpt.bigram import Bigram
-from tensor.gradcheck import gradcheck
+from tensor.finite_differences import gradcheck
 from tinygrad_gpt import exercises
 from tinygrad_gpt import gradcheck as cli
 from tokenizer import CharTokenizer

@@ -12,7 +12,7 @@ import nn
 import tensor
 from nn import GELU, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, Parameter
 from tensor import Tensor
-from tensor.gradcheck import gradcheck
+from tensor.finite_differences import gradcheck
 
 try:
     import torch

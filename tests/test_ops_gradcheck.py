@@ -1,7 +1,7 @@
 """Every op's hand-derived backward against float64 central finite differences.
 
 Each test draws small random shapes (size-1 dims and broadcasting included) and a seed for
-well-conditioned values, runs `tensor.gradcheck.gradcheck` with a random upstream gradient,
+well-conditioned values, runs `tensor.finite_differences.gradcheck` with a random upstream gradient,
 and compares the forward with NumPy. `check_grad` is the one place that does this; the
 per-op tolerances live in TOLERANCES just below, and the completeness tests at the end make
 sure the ops checked here are exactly the engine's public ops.
@@ -26,7 +26,7 @@ from tensor import Tensor
 from tensor import attention
 from tensor import embedding as embedding_module
 from tensor.gelu import gelu_erf
-from tensor.gradcheck import gradcheck
+from tensor.finite_differences import gradcheck
 
 erf = np.vectorize(math.erf)   # the reference needs no SciPy (not a dependency)
 

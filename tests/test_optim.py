@@ -14,7 +14,7 @@ import pytest
 
 import tensor
 import tensor.functional as F
-from tensor import threads
+from tensor.fast import threads
 from nn import (SGD, GELU, AdamW, Embedding, LayerNorm, Linear, Module, Parameter,
                 clip_grad_norm, decay_groups, get_lr)
 

@@ -8,7 +8,8 @@ from hypothesis import given, settings, strategies as st
 import nn
 import tensor
 from gpt import GPT, GPTConfig
-from tensor import backend, threads
+from tensor import backend
+from tensor.fast import threads
 
 
 @pytest.fixture(autouse=True)

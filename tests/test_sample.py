@@ -73,7 +73,7 @@ def test_the_module_entry_points_run(run_dir):
                                  "--start", "ROMEO:"], capture_output=True, text=True)
     assert sample_run.returncode == 0, sample_run.stderr
     assert sample_run.stdout.startswith("ROMEO:")
-    attention_run = subprocess.run([sys.executable, "-m", "tinygrad_gpt.attention", "--out_dir",
+    attention_run = subprocess.run([sys.executable, "-m", "tinygrad_gpt.attention_maps", "--out_dir",
                                     str(run_dir), "--text", "ROMEO:", "--format", "text"],
                                    capture_output=True, text=True)
     assert attention_run.returncode == 0, attention_run.stderr

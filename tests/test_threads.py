@@ -12,7 +12,8 @@ from hypothesis import given, settings, strategies as st
 
 import nn
 import tensor.functional as F
-from tensor import Tensor, threads
+from tensor import Tensor
+from tensor.fast import threads
 
 
 @pytest.fixture
@@ -173,7 +174,7 @@ def test_adamw_step_is_bitwise_identical_on_one_or_two_threads(restore_threads):
 
 
 def test_environment_variable_sets_the_default():
-    code = "from tensor import threads; print(threads.THREADS)"
+    code = "from tensor.fast import threads; print(threads.THREADS)"
     env = dict(os.environ, TINYGRAD_GPT_THREADS="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "1", out.stderr

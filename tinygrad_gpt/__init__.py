@@ -4,6 +4,4 @@ Run `python -m tinygrad_gpt.gradcheck` to check every hand-derived backward pass
 central finite differences.
 """
 
-import tensor  # noqa: F401  first, before NumPy: it tunes OpenBLAS's threads (tensor/__init__.py)
-
 __version__ = "0.1.0"

@@ -91,12 +91,26 @@ def last_iter(out_dir):
         return None
 
 
-def rng_state(generator):
-    """A numpy Generator's state as JSON-able data (its bit generator's dict)."""
-    return generator.bit_generator.state
+def random_state(batches, device):
+    """Every random state a run draws from, as one JSON-able object: the batch generator
+    (a numpy Generator) and the dropout generators of `device` (every stream of them)."""
+    return {"batches": batches.bit_generator.state, "dropout": backend.random_state(device)}
 
 
-def restore_rng(state):
-    generator = np.random.default_rng()
-    generator.bit_generator.state = state
-    return generator
+def random_state_of(info):
+    """The random_state saved in a checkpoint's info (older checkpoints kept it in pieces)."""
+    if "random_state" in info:
+        return info["random_state"]
+    dropout = {"0": info["dropout_rng"]}
+    if "dropout_rng_stream1" in info:
+        dropout["1"] = info["dropout_rng_stream1"]
+    return {"batches": info["rng"], "dropout": dropout}
+
+
+def restore_random_state(state, config):
+    """Put back what random_state saved; returns the batch generator."""
+    batches = np.random.default_rng()
+    batches.bit_generator.state = state["batches"]
+    backend.manual_seed(config.seed)
+    backend.set_random_state(config.device, state["dropout"])
+    return batches

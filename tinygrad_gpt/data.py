@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import corpus, tokenizers
+from . import corpus, tokenizer_io
 from .settings import UserError
 
 CHUNK = 4 << 20          # characters tokenized at a time when streaming a corpus
@@ -31,7 +31,7 @@ class Dataset:
         meta = json.loads((folder / "meta.json").read_text())
         dtype = np.dtype(meta["dtype"])
         self.folder, self.meta = folder, meta
-        self.tokenizer = tokenizers.load(folder / "tokenizer")
+        self.tokenizer = tokenizer_io.load(folder / "tokenizer")
         self.train = np.memmap(folder / "train.bin", dtype=dtype, mode="r")
         self.val = np.memmap(folder / "val.bin", dtype=dtype, mode="r")
 
@@ -99,12 +99,12 @@ def prepare(data, tokenizer="char", vocab_size=512, cache=None, quiet=False):
         chars = set()
         for piece in _pieces(read_text(files), 0, split):
             chars.update(piece)
-        tok = tokenizers.fit("char", "".join(sorted(chars)), vocab_size)
+        tok = tokenizer_io.fit("char", "".join(sorted(chars)), vocab_size)
     else:                                # BPE merges learned from (at most) the first 64M chars
-        tok = tokenizers.fit("bpe", "".join(_pieces(read_text(files), 0,
+        tok = tokenizer_io.fit("bpe", "".join(_pieces(read_text(files), 0,
                                                     min(split, BPE_SAMPLE_CHARS))), vocab_size)
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizers.save(tok, folder / "tokenizer")
+    tokenizer_io.save(tok, folder / "tokenizer")
     dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
     counts = {}
     for name, lo, hi in (("train", 0, split), ("val", split, n_chars)):
@@ -142,13 +142,13 @@ def _write_ids(tok, files, lo, hi, path, dtype, desc, quiet):
             pending += piece
             cut = pending.rfind("\n") + 1
             if cut > 0:                                 # tokenize whole lines only
-                ids = np.asarray(tokenizers.encode_corpus(tok, pending[:cut]), dtype=dtype)
+                ids = np.asarray(tokenizer_io.encode_corpus(tok, pending[:cut]), dtype=dtype)
                 ids.tofile(f)
                 count += ids.size
                 bar.update(cut)
                 pending = pending[cut:]
         if pending:
-            ids = np.asarray(tokenizers.encode_corpus(tok, pending), dtype=dtype)
+            ids = np.asarray(tokenizer_io.encode_corpus(tok, pending), dtype=dtype)
             ids.tofile(f)
             count += ids.size
             bar.update(len(pending))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tensor import Tensor, backend, no_grad
-from tensor.gradcheck import gradcheck
+from tensor.finite_differences import gradcheck
 
 from .op_cases import CASES, LEARNER_OPS, formula, learner_build, reference_function
 

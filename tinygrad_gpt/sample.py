@@ -5,6 +5,10 @@
 
 Tokens are streamed to the terminal as they are generated.
 """
+if __name__ == "__main__":     # run as a program: OpenBLAS's idle threads sleep at once
+    import os                  # (before NumPy loads it; see tensor/fast)
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 import argparse
 import sys
 from pathlib import Path
@@ -14,9 +18,10 @@ import numpy as np
 from gpt import GPT
 from gpt.bigram import Bigram
 from gpt.config import GPTConfig
+import tensor.fast
 from tensor import backend
 
-from . import checkpoint, tokenizers
+from . import checkpoint, tokenizer_io
 from .cli import report_user_errors
 from .settings import UserError
 
@@ -54,7 +59,7 @@ def load_run(out_dir, device):
         model.load_state_dict(weights, strict=True)
     except ValueError as e:
         raise UserError(f"checkpoint in {out_dir} does not match its config: {e}") from None
-    return model.to(device), tokenizers.load(Path(out_dir) / "tokenizer")
+    return model.to(device), tokenizer_io.load(Path(out_dir) / "tokenizer")
 
 
 def load_pretrained(folder, device):
@@ -63,7 +68,7 @@ def load_pretrained(folder, device):
         model = GPT.from_pretrained(folder, device=device)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
-    return model, tokenizers.load(Path(folder))
+    return model, tokenizer_io.load(Path(folder))
 
 
 def read_prompt(start):
@@ -77,6 +82,7 @@ def read_prompt(start):
 
 
 def main(argv=None):
+    tensor.fast.enable()
     return report_user_errors(run, parse_args(sys.argv[1:] if argv is None else argv))
 
 
@@ -96,12 +102,12 @@ def run(args):
     else:
         model, tok = load_run(args.out_dir or "out", device)
     prompt = read_prompt(args.start)
-    ids = tokenizers.prompt_ids(tok, prompt)          # clear error on unknown characters
+    ids = tokenizer_io.prompt_ids(tok, prompt)          # clear error on unknown characters
     if not ids:
         raise UserError("--start is empty after tokenization: give at least one character")
     rng = np.random.default_rng(args.seed)
     for n in range(args.num_samples):
-        stream = tokenizers.Streamer(tok)
+        stream = tokenizer_io.Streamer(tok)
         sys.stdout.write(prompt)
         model.generate(np.asarray([ids]), args.max_new_tokens, temperature=args.temperature,
                        top_k=args.top_k, top_p=args.top_p, rng=rng,

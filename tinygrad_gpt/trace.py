@@ -26,7 +26,7 @@ from tensor import backend, observe_ops
 from tensor.graph import topological_order
 from tokenizer import CharTokenizer
 
-from . import tokenizers
+from . import tokenizer_io
 from .op_cases import CASES, formula
 from .settings import UserError
 
@@ -274,7 +274,7 @@ def load_model(args):
     else:
         from .sample import load_run
         model, tok = load_run(args.out_dir, "cpu")
-        ids = tokenizers.prompt_ids(tok, args.text)
+        ids = tokenizer_io.prompt_ids(tok, args.text)
     if len(ids) < 2:
         raise UserError(f"--text {args.text!r} is {len(ids)} token(s): the trace predicts "
                         "each next token, so it needs at least two")

@@ -4,7 +4,15 @@ The loop, as nanoGPT's: at each iteration set the learning rate, evaluate every
 eval_interval iterations (and checkpoint), then take one optimizer step made of
 gradient_accumulation_steps micro-batches. Ctrl-C saves a checkpoint and exits; a NaN
 or infinite loss stops the run and leaves the last good checkpoint; --resume continues.
+
+The CPU speed machinery (tensor/fast/) is switched on here, in main(); TINYGRAD_GPT_FAST=0
+runs every op's reference code instead.
 """
+if __name__ == "__main__":     # run as a program: tune this process's OpenBLAS before NumPy
+    import os                  # loads it (idle BLAS threads sleep at once; tensor/fast)
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import functools
 import math
 import signal
 import sys
@@ -17,11 +25,12 @@ from tqdm import tqdm
 
 import nn
 import tensor
+import tensor.fast
 from gpt import GPT, GPTConfig
 from gpt.bigram import Bigram
 from tensor import backend, no_grad
 
-from . import checkpoint, data, report, settings, tokenizers
+from . import checkpoint, data, report, settings, tokenizer_io
 from .cli import report_user_errors
 from .settings import UserError
 
@@ -42,17 +51,6 @@ def build_model(config, vocab_size):
     return model.to(config.device)
 
 
-def loss_of(model, x, y):
-    """The training loss of a batch: what nn.DataParallel computes on each half."""
-    return model(x, y)[1]
-
-
-def stream1_state(device):
-    """The dropout generator of a batch's second half (--parallel), for the checkpoint."""
-    with backend.random_stream(1):
-        return backend.generator(device).bit_generator.state
-
-
 def evaluate(model, dataset, config, it):
     """Mean loss over eval_iters batches of each split, with batches fixed by (seed, it)."""
     losses = {}
@@ -71,7 +69,7 @@ def evaluate(model, dataset, config, it):
 
 
 def sample_text(model, tok, config, it):
-    prompt = np.asarray([tokenizers.prompt_ids(tok, "\n")])
+    prompt = np.asarray([tokenizer_io.prompt_ids(tok, "\n")])
     ids = model.generate(prompt, config.sample_tokens, temperature=0.8, top_k=200,
                          rng=[config.seed, it])
     return tok.decode(ids[0, prompt.shape[1]:].tolist())
@@ -126,6 +124,7 @@ def setup(argv):
 
 
 def main(argv=None):
+    tensor.fast.enable()
     return report_user_errors(train, sys.argv[1:] if argv is None else argv)
 
 
@@ -139,7 +138,7 @@ def train(argv):
             raise UserError(f"the {split} split has {len(getattr(dataset, split))} tokens, "
                             f"fewer than block_size + 1 = {config.block_size + 1}: use more "
                             "data or a smaller --block_size")
-    tokenizers.save(tok, out_dir / "tokenizer")
+    tokenizer_io.save(tok, out_dir / "tokenizer")
     model = build_model(config, tok.vocab_size)
     n_params = model.num_parameters()
     print(f"data: {len(dataset.train):,} train / {len(dataset.val):,} val tokens, "
@@ -150,7 +149,7 @@ def train(argv):
                         config.device)
     optimizer = nn.AdamW(nn.decay_groups(model.parameters(), config.weight_decay),
                          lr=config.learning_rate, betas=(config.beta1, config.beta2))
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(config.seed)           # draws the training batches
     start, best_val = 0, math.inf
     if saved:
         info, weights, optim_state = saved
@@ -160,34 +159,28 @@ def train(argv):
         except ValueError as e:
             raise UserError(f"--resume: the checkpoint does not fit this model: {e}") from None
         start, best_val = info["iter"], info["best_val_loss"]
-        rng = checkpoint.restore_rng(info["rng"])
-        backend.manual_seed(config.seed)
-        backend.generator(config.device).bit_generator.state = info["dropout_rng"]
-        if "dropout_rng_stream1" in info:       # the second half's dropout (--parallel)
-            with backend.random_stream(1):
-                backend.generator(config.device).bit_generator.state = \
-                    info["dropout_rng_stream1"]
+        rng = checkpoint.restore_random_state(checkpoint.random_state_of(info), config)
         print(f"resuming from iteration {start} (best val loss {best_val:.4f})")
     metrics = report.Metrics(out_dir, truncate_after=start if saved else None)
     overfit = data.get_batch(dataset.train, config.block_size,
                              config.batch_size * config.gradient_accumulation_steps,
                              np.random.default_rng(config.seed)) if config.overfit_batch else None
 
-    parallel = nn.DataParallel(model, loss_of) if config.parallel == "on" or (
-        config.parallel == "auto" and nn.parallel.worth_it(model)) else None
-    if parallel is not None:
+    if config.parallel == "on" or (config.parallel == "auto" and nn.parallel.worth_it(model)):
+        forward_backward = nn.DataParallel(model).forward_backward   # decided once, here
         print(f"parallel: each batch's two halves at once on two CPU cores (--parallel "
               f"{config.parallel}; off: --parallel off)")
+    else:
+        forward_backward = functools.partial(nn.forward_backward, model)
 
     def save(it, evaluated=True):
-        if not bool(optimizer.xp.isfinite(optimizer.flat).all()):   # never save broken weights
+        if not all(bool(p.xp.isfinite(p.data).all()) for p in model.parameters()):
             raise_nan(it, "non-finite weights", checkpoint.last_iter(out_dir), out_dir)
         checkpoint.save(out_dir, model, optimizer, {
-            "iter": it, "evaluated": evaluated, "best_val_loss": best_val, "train_config": asdict(config),
-            "model_config": model.config.to_dict(), "model": config.model,
-            "tokenizer": config.tokenizer, "rng": checkpoint.rng_state(rng),
-            "dropout_rng": backend.generator(config.device).bit_generator.state,
-            "dropout_rng_stream1": stream1_state(config.device)})
+            "iter": it, "evaluated": evaluated, "best_val_loss": best_val,
+            "train_config": asdict(config), "model_config": model.config.to_dict(),
+            "model": config.model, "tokenizer": config.tokenizer,
+            "random_state": checkpoint.random_state(rng, config.device)})
 
     tokens_per_step = config.batch_size * config.block_size * config.gradient_accumulation_steps
     interrupt, t_start, it = Interrupt(), time.perf_counter(), start
@@ -218,7 +211,10 @@ def train(argv):
             lr = nn.get_lr(it, config.learning_rate, config.warmup_iters, config.lr_decay_iters,
                            config.min_lr) if config.decay_lr else config.learning_rate
             t0 = time.perf_counter()
-            loss = step(model, optimizer, dataset, config, rng, lr, overfit, parallel)
+            x, y = overfit if overfit is not None else data.get_batch(
+                dataset.train, config.block_size,
+                config.batch_size * config.gradient_accumulation_steps, rng)   # (k*B, T)
+            loss = step(model, optimizer, forward_backward, x, y, lr, config)
             dt = time.perf_counter() - t0
             if not math.isfinite(loss):
                 bar.close()
@@ -249,31 +245,28 @@ def train(argv):
     return 0
 
 
-def step(model, optimizer, dataset, config, rng, lr, overfit=None, parallel=None):
-    """One optimizer step over gradient_accumulation_steps micro-batches; returns the loss.
-    parallel: an nn.DataParallel of the model, to run each micro-batch's halves at once."""
+def step(model, optimizer, forward_backward, x, y, lr, config):
+    """One optimizer step on the batch x, y (k*B, T), as k = gradient_accumulation_steps
+    micro-batches whose gradients add up; returns the mean loss (not finite: no step).
+
+    forward_backward(x, y, scale) runs forward and backward of scale * loss on one
+    micro-batch and returns its loss: nn.forward_backward, or nn.DataParallel's (the same
+    sums, each micro-batch's two halves at once)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     k = config.gradient_accumulation_steps
-    x, y = overfit if overfit is not None else data.get_batch(
-        dataset.train, config.block_size, config.batch_size * k, rng)  # (k*B, T) each
     optimizer.zero_grad()
-    total = 0.0
+    loss = 0.0
     for xm, ym in zip(np.split(x, k), np.split(y, k)):                  # (B, T) each
-        if parallel is not None:            # the same sums, both halves at once
-            total += parallel.forward_backward(xm, ym, scale=1.0 / k) / k
-            continue
-        _, loss = model(xm, ym)
-        (loss * (1.0 / k)).backward()       # gradients add up across micro-batches
-        total += loss.item() / k
-    if not math.isfinite(total):
-        return total
+        loss += forward_backward(xm, ym, 1.0 / k) / k     # gradients add up over the k
+    if not math.isfinite(loss):
+        return loss
     if config.grad_clip:
         norm = nn.clip_grad_norm(model.parameters(), config.grad_clip)
         if not math.isfinite(norm):
             return norm
     optimizer.step()
-    return total
+    return loss
 
 
 def raise_nan(it, loss, last, out_dir):

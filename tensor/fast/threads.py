@@ -1,4 +1,4 @@
-"""Both CPU cores for the elementwise work of the big fused ops.
+"""Both CPU cores for the elementwise work of the big fused ops (the fast kernels only).
 
 A matmul already runs on every core: NumPy hands it to its BLAS (OpenBLAS), which splits it
 over its own threads. A NumPy ufunc (exp, tanh, *, +=...) runs on ONE core. PyTorch splits
@@ -78,8 +78,18 @@ def _forget_helper_after_fork():
     _helper, _in_use = None, threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_helper_after_fork)
+
+
+_fork_hook = False   # registered with the first helper thread, not on import
+
+
+def _start_helper():
+    """Start the helper thread (the first time two cores are asked for)."""
+    global _helper, _fork_hook
+    if not _fork_hook and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_forget_helper_after_fork)
+        _fork_hook = True
+    _helper = _Helper()
 
 
 def rows_per_block(row_length):
@@ -147,7 +157,7 @@ def _on_both(first, second, switch):
     OpenBLAS at one thread meanwhile when a switch is given. Returns both results."""
     global _helper
     if _helper is None:
-        _helper = _Helper()
+        _start_helper()
     results = [None, None]
 
     def theirs():

@@ -1,7 +1,7 @@
-"""python -m tinygrad_gpt.attention: where each head looks, for one text.
+"""python -m tinygrad_gpt.attention_maps: where each head looks, for one text.
 
-    python -m tinygrad_gpt.attention --out_dir out --text "ROMEO: "            # PNGs
-    python -m tinygrad_gpt.attention --out_dir out --text "ROMEO: " --layer 0 --head 1 \\
+    python -m tinygrad_gpt.attention_maps --out_dir out --text "ROMEO: "            # PNGs
+    python -m tinygrad_gpt.attention_maps --out_dir out --text "ROMEO: " --layer 0 --head 1 \\
         --format text                                                         # terminal
 
 Runs the trained model once on the text and keeps every head's attention weights
@@ -23,7 +23,7 @@ import numpy as np
 from nn import module_scopes
 from tensor import backend, no_grad, observe_ops
 
-from . import tokenizers
+from . import tokenizer_io
 from .cli import report_user_errors
 from .settings import UserError
 
@@ -108,7 +108,7 @@ def text_heatmap(w, labels, title):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m tinygrad_gpt.attention", allow_abbrev=False,
+    p = argparse.ArgumentParser(prog="python -m tinygrad_gpt.attention_maps", allow_abbrev=False,
                                 description="Heatmaps of every head's attention weights for "
                                             "a text, from a trained run.")
     p.add_argument("--out_dir", "--out-dir", default="out", help="the training run (default out)")
@@ -142,7 +142,7 @@ def run(args):
     if not hasattr(model, "blocks"):
         raise UserError(f"the model in {args.out_dir} has no attention layers (a bigram "
                         "model): train a GPT")
-    ids = tokenizers.prompt_ids(tok, args.text)
+    ids = tokenizer_io.prompt_ids(tok, args.text)
     if len(ids) > model.config.block_size:
         raise UserError(f"--text is {len(ids)} tokens; this model reads at most "
                         f"{model.config.block_size}: shorten it")

@@ -1,4 +1,4 @@
-"""python -m tinygrad_gpt.attention: PNG count and size, the text heatmap's blank upper
+"""python -m tinygrad_gpt.attention_maps: PNG count and size, the text heatmap's blank upper
 triangle, fused and composed weights agree, and bad input is one line with exit code 2."""
 import struct
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from runs import make_run
-from tinygrad_gpt import attention
+from tinygrad_gpt import attention_maps as attention
 from tokenizer import CharTokenizer
 
 TEXT = "To be, or not"          # 13 tokens

@@ -1,0 +1,54 @@
+"""Cross-entropy loss from logits, fused with log_softmax and the mean over positions.
+
+Forward, for each kept row i (target t_i != ignore_index) of N_kept rows:
+    loss = mean_i ( logsumexp(x_i) - x_i[t_i] ) = mean_i ( -log softmax(x_i)[t_i] )
+
+Backward: d loss / d x_i = (softmax(x_i) - onehot(t_i)) / N_kept, and 0 for ignored rows.
+Fusing the three steps avoids ever forming log-probabilities for the whole vocabulary twice,
+and the backward is one subtraction on the saved probabilities.
+"""
+from . import threads
+from ..tensor import Tensor, make
+
+
+def cross_entropy(logits, targets, ignore_index=-1):
+    """loss = mean(-log softmax(logits)[target]);   dlogits = (probs - onehot) * dy / N_kept"""
+    xp = logits.xp
+    V = logits.shape[-1]
+    targets = targets.data if isinstance(targets, Tensor) else xp.asarray(targets)
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"cross_entropy: targets of shape {targets.shape} do not match "
+                         f"logits of shape {logits.shape} (expected {logits.shape[:-1]})")
+    x = logits.data.reshape(-1, V)                                # (N, V)
+    t = targets.reshape(-1)                                       # (N,)
+    keep = t != ignore_index                                      # (N,)
+    t = xp.where(keep, t, 0)
+    if t.size and (int(t.min()) < 0 or int(t.max()) >= V):
+        raise IndexError(f"cross_entropy: targets must be in [0, {V}) or ignore_index "
+                         f"({ignore_index}), got values from {int(t.min())} to {int(t.max())}")
+    rows = xp.arange(x.shape[0])
+    probs = xp.empty_like(x)                                      # (N, V) softmax, saved
+    log_sum = xp.empty(x.shape[0], dtype=x.dtype)                 # (N,) log sum exp(shifted)
+    picked = xp.empty(x.shape[0], dtype=x.dtype)                  # (N,) shifted[i, t_i]
+
+    def forward_block(lo, hi):                                    # rows lo..hi-1
+        xb, pb = x[lo:hi], probs[lo:hi]
+        xp.subtract(xb, xb.max(axis=1, keepdims=True), out=pb)    # shifted: max 0 per row
+        picked[lo:hi] = pb[rows[:hi - lo], t[lo:hi]]
+        xp.exp(pb, out=pb)
+        sum_exp = pb.sum(axis=1, keepdims=True)                   # (rows, 1)
+        pb /= sum_exp                                             # softmax
+        xp.log(sum_exp[:, 0], out=log_sum[lo:hi])
+    threads.for_blocks(xp, x.shape[0], forward_block, threads.rows_per_block(V))
+    nll = log_sum - picked                                        # (N,) = -log p[target]
+    n_kept = int(keep.sum())
+    loss = (nll * keep).sum() / n_kept if n_kept else xp.asarray(xp.nan, dtype=x.dtype)
+
+    def backward(dy):
+        scale = (keep * (dy / max(n_kept, 1))).astype(x.dtype)    # (N,) 0 on ignored rows
+        dx = xp.empty_like(probs)                                 # (N, V)
+        threads.for_blocks(xp, x.shape[0], lambda lo, hi: xp.multiply(
+            probs[lo:hi], scale[lo:hi, None], out=dx[lo:hi]), threads.rows_per_block(V))
+        dx[rows, t] -= scale                                      # probs * scale - onehot * scale
+        return (dx.reshape(logits.shape),)
+    return make(xp.asarray(loss, dtype=x.dtype), (logits,), "cross_entropy", backward)
