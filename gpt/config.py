@@ -1,5 +1,8 @@
 """GPTConfig: the sizes that define a GPT, validated, with named presets.
 
+PRESETS is the one table of model shapes: the training presets of the same names
+(tinygrad_gpt/settings.py) take their sizes from it and add only the optimization settings.
+
 Dimension names used throughout gpt/ (uppercase everywhere):
     B  batch size              T  sequence length (<= block_size)
     C  n_embd, the width       nh n_head, heads per attention layer
@@ -19,13 +22,17 @@ class GPTConfig:
     bias: bool = True          # biases in Linear and LayerNorm (GPT-2: True; nanoGPT: False)
 
     def __post_init__(self):
+        """Check the sizes: a ValueError names the field, its value and a fix. The training
+        CLI checks its model settings with this same code (TrainConfig.validate)."""
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.n_embd % self.n_head:
+            fits = max(self.n_head, self.n_embd - self.n_embd % self.n_head)
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head "
-                             f"({self.n_head}): each head gets n_embd / n_head channels")
+                             f"({self.n_head}), e.g. n_embd={fits}: the heads share the "
+                             "width equally")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
 

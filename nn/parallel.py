@@ -1,6 +1,6 @@
 """DataParallel: both CPU cores on one training step, by splitting the batch in two.
 
-tensor/threads.py splits the biggest loops of each op over the two cores, and OpenBLAS
+tensor/fast/threads.py splits the biggest loops of each op over the two cores, and OpenBLAS
 splits each matmul. For a small model that split costs more than it gains: at nanoGPT's
 CPU config (C = 128, 768 rows per matmul) a two-thread matmul runs no faster than a
 one-thread one, and most ops are too short to be worth handing half to another thread.
@@ -31,6 +31,7 @@ training CLI's --parallel auto turns it on for small models on the CPU only.
 """
 import copy
 
+import tensor.fast
 from tensor import backend
 from tensor.fast import threads
 from tensor.tensor import accumulate_grad
@@ -42,9 +43,11 @@ AUTO_MAX_PARAMETERS = 64_000_000    # --parallel auto: above this the twin's gra
 
 
 def worth_it(model):
-    """The training CLI's --parallel auto: a model on the CPU with at most
-    AUTO_MAX_PARAMETERS parameters, and two threads that can run at once (threads.py)."""
-    return (threads.can_run_pair() and model.parameters()[0].device == "cpu"
+    """The training CLI's --parallel auto: the speed machinery switched on (tensor.fast),
+    a model on the CPU with at most AUTO_MAX_PARAMETERS parameters, and two threads that
+    can run at once (tensor/fast/threads.py)."""
+    return (tensor.fast.enabled() and threads.can_run_pair()
+            and model.parameters()[0].device == "cpu"
             and model.num_parameters() <= AUTO_MAX_PARAMETERS)
 
 

@@ -7,7 +7,10 @@ Choose one explicitly with HYPOTHESIS_PROFILE=name.
 import os
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+import tensor.fast
 
 settings.register_profile("ci", max_examples=20, deadline=None, derandomize=True,
                           print_blob=True,
@@ -20,3 +23,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", _default))
 # ../shared beside the checkout holds the benchmark text; tests that need it skip without it.
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TINYSHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
+
+
+@pytest.fixture(autouse=True)
+def reference_ops_unless_asked():
+    """Every test starts on the reference ops: a test (or a CLI's main() run in-process)
+    that switched tensor.fast on must not leave it on for the next test."""
+    yield
+    tensor.fast.disable()

@@ -1,13 +1,19 @@
 """Bad input to the CLIs: one clear line on stderr naming the problem and the fix, exit
 code 2, no traceback, nothing half-done left behind."""
+import ast
+import importlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tensor import cuda_available
-from tinygrad_gpt import sample, train
+from tinygrad_gpt import cli, sample, settings, train
+
+ROOT = Path(__file__).resolve().parents[1]
+PRODUCT = ("tensor", "nn", "gpt", "tokenizer", "tinygrad_gpt")
 
 SMALL = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=2",
          "--max_iters=2", "--eval_iters=1", "--sample_tokens=0"]
@@ -168,3 +174,34 @@ def test_a_closed_pipe_ends_a_cli_quietly():
     err = child.stderr.read().decode()
     assert child.wait() == 1
     assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+@pytest.mark.parametrize("module,args,needle", [
+    ("gradcheck", ["--examples=0"], "--examples must be at least 1"),
+    ("gradcheck", ["--op", "layer_norm", "--function", "just_a_name"], "module:function"),
+    ("tokenize", ["decode", "--tokenizer", "/nonexistent/tok"], "does not exist"),
+    ("attention_maps", ["--out_dir", "/nonexistent/run", "--text", "hi"], "no checkpoint"),
+    ("trace", ["--text", ""], "--text is empty"),
+])
+def test_every_cli_reports_bad_input_the_same_way(module, args, needle, capsys):
+    """main(argv) returns 2 after one line (no SystemExit), in every tool."""
+    main = importlib.import_module(f"tinygrad_gpt.{module}").main
+    fails_cleanly(main, args, capsys, needle)
+
+
+def test_one_user_error_type_in_the_whole_product():
+    """UserError (tinygrad_gpt/cli.py) is the only exception class the product defines, and
+    no module exits with code 2 by itself: report_user_errors does that, in one place."""
+    assert settings.UserError is cli.UserError          # re-exported for older imports
+    classes, exits = [], []
+    for path in sorted(p for top in PRODUCT for p in (ROOT / top).rglob("*.py")):
+        where = path.relative_to(ROOT).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and any(
+                    ast.unparse(base).endswith(("Error", "Exception")) for base in node.bases):
+                classes.append(f"{where}:{node.name}")
+            if isinstance(node, ast.Call) and [ast.unparse(a) for a in node.args] == ["2"] \
+                    and ast.unparse(node.func) in ("sys.exit", "os._exit", "exit", "SystemExit"):
+                exits.append(f"{where}:{node.lineno}")
+    assert classes == ["tinygrad_gpt/cli.py:UserError"]
+    assert exits == []

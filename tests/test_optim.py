@@ -2,9 +2,10 @@
 
 AdamW and SGD are compared with torch.optim step by step (float64: to rounding; float32:
 within float32 tolerance); clip_grad_norm with torch.nn.utils.clip_grad_norm_; get_lr
-with nanoGPT's formula written out here. Then the flat-buffer design: parameters' .data are
-views into one buffer, fresh gradients after model.zero_grad() are used, load_state_dict
-keeps the views valid, and an optimizer state round trip resumes training exactly.
+with nanoGPT's formula written out here. Then: parameters own their arrays (an optimizer
+updates them in place, whatever order the model, a device move and the optimizer were made
+in), fresh gradients after zero_grad() are used, an optimizer state round trip resumes
+training exactly, and tensor.fast's optimizer kernels equal the reference functions.
 """
 import copy
 import math
@@ -13,10 +14,13 @@ import numpy as np
 import pytest
 
 import tensor
+import tensor.fast
 import tensor.functional as F
+from tensor.fast import optim as fast_optim
 from tensor.fast import threads
 from nn import (SGD, GELU, AdamW, Embedding, LayerNorm, Linear, Module, Parameter,
                 clip_grad_norm, decay_groups, get_lr)
+from nn.optim import adamw_update, scale_in_place, sum_of_squares
 
 try:
     import torch
@@ -38,6 +42,17 @@ class Net(Module):
     def forward(self, ids, targets):
         logits = self.out(self.act(self.norm(self.fc(self.emb(ids)))))
         return F.cross_entropy(logits, targets)
+
+
+@pytest.fixture
+def fast():
+    """tensor.fast's kernels registered for one test (malloc left alone), then removed."""
+    tensor.fast.enable(tune_malloc=False)
+    try:
+        yield
+    finally:
+        tensor.fast.disable()
+        threads.set_threads(2)
 
 
 def make_net(seed=0, dtype=np.float32):
@@ -188,11 +203,11 @@ def test_clip_grad_norm_returns_the_pre_clip_norm_and_clips_like_torch(max_norm)
             np.testing.assert_allclose(p.grad, t.grad.numpy(), rtol=1e-12)
 
 
-def test_clip_grad_norm_over_many_blocks_is_exact_and_independent_of_threads():
-    """Gradients bigger than one block (threads.BLOCK) are summed and scaled in blocks on
-    both cores: the float32 norm matches float64's to 1e-6 (a single float32 dot over
-    millions of values drifts more), every value is scaled, and 1 or 2 threads agree bit
-    for bit. The non-contiguous gradient takes the plain path."""
+def test_fast_clip_grad_norm_over_many_blocks_is_exact_and_independent_of_threads(fast):
+    """With tensor.fast, gradients bigger than one block (threads.BLOCK) are summed and
+    scaled in blocks on both cores: the float32 norm matches float64's to 1e-6 (a single
+    float32 dot over millions of values drifts more), every value is scaled, and 1 or 2
+    threads agree bit for bit. The non-contiguous gradient takes the plain path."""
     rng = np.random.default_rng(3)
     shapes = [(700, 1000), (5 * threads.BLOCK + 3,), (64, 48)]
     grads = [rng.standard_normal(s, dtype=np.float32) for s in shapes]
@@ -254,80 +269,65 @@ def test_get_lr_without_warmup_starts_at_the_peak():
     assert get_lr(50, 1e-3, 0, 100, 1e-4) == pytest.approx(5.5e-4)
 
 
-# ----- the flat-buffer design ------------------------------------------------------------
-def test_parameters_become_views_into_one_flat_buffer():
+# ----- parameters own their storage --------------------------------------------------------
+def test_an_optimizer_leaves_every_parameter_array_where_it_was():
     net = make_net()
-    before = params_of(net)
+    arrays = {name: p.data for name, p in net.named_parameters()}
     opt = AdamW(decay_groups(net.parameters(), 0.1))
-    assert opt.flat.size == net.num_parameters()
-    for name, p in net.named_parameters():
-        assert np.shares_memory(p.data, opt.flat), name
-        np.testing.assert_array_equal(p.data, before[name])   # values kept when packed
-        assert p.grad is None and np.shares_memory(p.grad_buffer, opt.flat_grad), name
     ids, targets = batch(0)
-    net(ids, targets).backward()                 # the first gradients land in the buffer
+    net(ids, targets).backward()
+    opt.step()
     for name, p in net.named_parameters():
-        assert p.grad is p.grad_buffer and np.shares_memory(p.grad, opt.flat_grad), name
+        assert p.data is arrays[name], name                    # updated in place, not moved
+        assert p.grad is not None and not np.shares_memory(p.grad, p.data), name
 
 
-class TiedNet(Module):
-    """An embedding tied to the output layer, as GPT's token embedding and LM head."""
+@pytest.mark.parametrize("order", ["optimizer first", "model changed first"])
+def test_step_works_whatever_order_the_model_and_optimizer_were_made_in(order):
+    """Making the optimizer before a parameter's array is replaced (as model.to(device) or a
+    dtype change does) must not matter: a step reads p.data and p.grad when it runs."""
+    results = []
+    for which in ("optimizer first", "model changed first"):
+        net = make_net()
+        if which == "optimizer first":
+            opt = AdamW(decay_groups(net.parameters(), 0.1), lr=0.01)
+        for p in net.parameters():
+            p.data = p.data.astype(np.float64)                 # a new array for every parameter
+        net.to("cpu")
+        if which == "model changed first":
+            opt = AdamW(decay_groups(net.parameters(), 0.1), lr=0.01)
+        for step in range(3):
+            train_step(net, opt, step, clip=1.0)
+        assert all(p.data.dtype == np.float64 for p in net.parameters())
+        assert all(opt.state_of(p)["m"].dtype == np.float64 for p in net.parameters())
+        results.append(params_of(net))
+    first, second = results
+    assert any(not np.array_equal(first[k], make_net().parameters()[0].data) for k in first)
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
 
-    def __init__(self):
-        self.emb = Embedding(10, 6)
-        self.fc = Linear(6, 6)
 
-    def forward(self, ids, targets):
-        h = self.fc(self.emb(ids))
-        return F.cross_entropy(F.linear(h, self.emb.weight), targets)
-
-
-@pytest.mark.parametrize("make", [make_net, lambda: (tensor.manual_seed(0), TiedNet())[1]])
-def test_gradients_written_in_place_equal_the_plain_engine_s(make):
-    """With an optimizer, linear's dW goes straight into the empty buffer and embedding rows
-    are added into an existing gradient; without one, every gradient is a fresh array."""
-    plain, packed = make(), make()
-    opt = SGD(packed.parameters(), lr=0.1)
-    for _ in range(2):                                     # twice: both calls accumulate
-        for net in (plain, packed):
-            net(*batch(0)).backward()
-    for (name, p), q in zip(plain.named_parameters(), packed.parameters()):
-        assert q.grad is q.grad_buffer and np.shares_memory(q.grad, opt.flat_grad), name
-        np.testing.assert_allclose(q.grad, p.grad, rtol=1e-5, atol=1e-7, err_msg=name)
-
-
-def test_linear_of_a_weight_with_itself_does_not_write_its_gradient_twice():
+def test_linear_of_a_weight_with_itself_adds_both_gradients():
     w0 = np.random.default_rng(0).standard_normal((4, 4))
-    expected = Parameter(w0, dtype=np.float64)
-    F.linear(expected, expected).sum().backward()
     w = Parameter(w0, dtype=np.float64)
-    SGD([w], lr=0.1)                                       # gives w a grad_buffer
     F.linear(w, w).sum().backward()                        # x is W: dx and dW both reach w
-    np.testing.assert_allclose(w.grad, expected.grad, rtol=1e-12)
     ones = np.ones((4, 4))
     np.testing.assert_allclose(w.grad, ones @ w0 + ones.T @ w0, rtol=1e-12)
 
 
-def test_moving_a_model_forgets_the_optimizer_buffers():
-    net = make_net()
-    SGD(net.parameters(), lr=0.1)
-    net.to("cpu")
-    assert all(p.grad_buffer is None for p in net.parameters())
-
-
-def test_a_parameter_in_two_groups_is_packed_once_in_the_first():
+def test_a_parameter_in_two_groups_is_kept_once_in_the_first():
     p, q = Parameter(np.ones((2, 3))), Parameter(np.ones(4))
     opt = SGD([{"params": [p]}, {"params": [p, q], "lr": 0.5}], lr=0.1)
-    assert opt.flat.size == 10 and len(opt.params) == 2
+    assert len(opt.params) == 2 and opt.state_dict()["buf"].size == 10
     assert [len(g["params"]) for g in opt.param_groups] == [1, 1]
     with pytest.raises(ValueError, match="empty"):
         SGD([], lr=0.1)
 
 
-def test_a_parameter_repeated_in_one_list_is_packed_once():
+def test_a_parameter_repeated_in_one_list_is_kept_once():
     p, q = Parameter(np.ones((2, 3))), Parameter(np.ones(4))
     opt = SGD([p, q, p], lr=0.1)
-    assert opt.flat.size == 10 and len(opt.params) == 2
+    assert len(opt.params) == 2 and opt.state_dict()["buf"].size == 10
 
 
 @pytest.mark.parametrize("zero", ["model", "optimizer"])
@@ -336,8 +336,7 @@ def test_step_uses_fresh_gradients_after_either_zero_grad(zero):
     opt = SGD(net.parameters(), lr=0.5)
     for step in range(3):
         (net if zero == "model" else opt).zero_grad()
-        if zero == "model":
-            assert all(p.grad is None for p in net.parameters())
+        assert all(p.grad is None for p in net.parameters())
         before = params_of(net)
         ids, targets = batch(step)
         net(ids, targets).backward()
@@ -346,32 +345,33 @@ def test_step_uses_fresh_gradients_after_either_zero_grad(zero):
         for name, p in net.named_parameters():              # exactly p - lr * g, this step's g
             np.testing.assert_allclose(p.data, before[name] - 0.5 * grads[name],
                                        rtol=1e-6, atol=1e-7, err_msg=name)
-            assert np.shares_memory(p.data, opt.flat)
 
 
-def test_gradients_accumulate_into_the_flat_buffer_until_zeroed():
+def test_gradients_accumulate_until_zeroed():
     net = make_net(dtype=np.float64)
     opt = SGD(net.parameters(), lr=1.0)
     ids, targets = batch(0)
     net(ids, targets).backward()
-    once = np.array(opt.flat_grad, copy=True)
-    assert np.abs(once).max() > 0
+    once = {n: np.array(p.grad, copy=True) for n, p in net.named_parameters()}
+    assert max(float(np.abs(g).max()) for g in once.values()) > 0
     net(ids, targets).backward()
-    np.testing.assert_allclose(opt.flat_grad, 2 * once, rtol=1e-12)
+    for name, p in net.named_parameters():
+        np.testing.assert_allclose(p.grad, 2 * once[name], rtol=1e-12, err_msg=name)
     opt.zero_grad()
     assert all(p.grad is None for p in net.parameters())
-    net(ids, targets).backward()                 # written over the old values, not added
-    np.testing.assert_allclose(opt.flat_grad, once, rtol=1e-12)
+    net(ids, targets).backward()                 # a new gradient, not added to the old one
+    for name, p in net.named_parameters():
+        np.testing.assert_allclose(p.grad, once[name], rtol=1e-12, err_msg=name)
 
 
-def test_module_load_state_dict_keeps_the_optimizer_views_valid():
+def test_module_load_state_dict_copies_into_the_parameters_in_place():
     net, other = make_net(0), make_net(1)
     opt = SGD(net.parameters(), lr=0.1)
+    arrays = [p.data for p in net.parameters()]
     net.load_state_dict(params_of(other))
-    for name, p in net.named_parameters():
-        assert np.shares_memory(p.data, opt.flat), name
-    np.testing.assert_array_equal(opt.flat, np.concatenate(
-        [v.reshape(-1) for v in params_of(other).values()]))
+    assert all(p.data is a for p, a in zip(net.parameters(), arrays))
+    for name, value in params_of(other).items():
+        np.testing.assert_array_equal(dict(net.named_parameters())[name].data, value)
     before = params_of(net)
     train_step(net, opt, 0)
     after = params_of(net)
@@ -439,9 +439,76 @@ def test_loading_a_wrong_shaped_or_incomplete_optimizer_state_raises():
     with pytest.raises(ValueError, match="shape"):
         opt.load_state_dict(other.state_dict())
     with pytest.raises(ValueError, match="missing"):
-        opt.load_state_dict({"t": 1, "m": opt.m})
+        opt.load_state_dict({"t": 1, "m": opt.state_dict()["m"]})
     sgd = SGD(net.parameters(), momentum=0.9)
     with pytest.raises(ValueError, match="shape"):
         sgd.load_state_dict(SGD(Small().parameters(), momentum=0.9).state_dict())
     with pytest.raises(ValueError, match="missing"):
         sgd.load_state_dict(opt.state_dict())                   # AdamW's state into SGD
+
+
+# ----- tensor.fast's optimizer kernels against the reference functions --------------------
+AdamSettings = dict(lr=3e-3, beta1=0.9, beta2=0.95, eps=1e-8)
+
+
+@pytest.mark.parametrize("shape,weight_decay", [((5, 3 * threads.BLOCK + 7), 0.1),
+                                                ((700,), 0.0), ((3, 1, 4), 0.1), ((1,), 0.0)])
+@pytest.mark.parametrize("count", [1, 2])
+def test_fast_adamw_update_is_bitwise_equal_to_the_reference(shape, weight_decay, count):
+    """Same operations in the same order on every element: bit for bit, on 1 or 2 threads,
+    over several steps (t grows), and for a strided (transposed) parameter too."""
+    rng = np.random.default_rng(7)
+    p0 = rng.standard_normal(shape).astype(np.float32)
+    ours = [p0.copy(), np.zeros_like(p0), np.zeros_like(p0)]
+    ref = [p0.copy(), np.zeros_like(p0), np.zeros_like(p0)]
+    threads.set_threads(count)
+    try:
+        for t in range(1, 4):
+            g = rng.standard_normal(shape).astype(np.float32)
+            fast_optim.adamw_update(*ours[:1], g, *ours[1:], **AdamSettings,
+                                    weight_decay=weight_decay, t=t)
+            adamw_update(*ref[:1], g, *ref[1:], **AdamSettings, weight_decay=weight_decay, t=t)
+    finally:
+        threads.set_threads(2)
+    for a, b in zip(ours, ref):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(ours[0], p0)
+    strided = [a.T.copy().T for a in ref]                   # same values, Fortran order
+    g = rng.standard_normal(shape).astype(np.float32)
+    fast_optim.adamw_update(strided[0], g, strided[1], strided[2], **AdamSettings,
+                            weight_decay=weight_decay, t=4)
+    adamw_update(ref[0], g, ref[1], ref[2], **AdamSettings, weight_decay=weight_decay, t=4)
+    for a, b in zip(strided, ref):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fast_optimizer_kernels_are_what_adamw_and_clipping_run(fast):
+    """With tensor.fast enabled, AdamW.step and clip_grad_norm call the fast kernels (and
+    the reference functions otherwise): a whole training run gives the same parameters."""
+    results = []
+    for enabled in (True, False):
+        if not enabled:
+            tensor.fast.disable()
+        net = make_net()
+        opt = AdamW(decay_groups(net.parameters(), 0.1), lr=0.01)
+        for step in range(4):
+            train_step(net, opt, step, clip=0.05)
+        results.append(params_of(net))
+    for name in results[0]:
+        np.testing.assert_allclose(results[0][name], results[1][name], rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+
+
+def test_fast_sum_of_squares_and_scale_equal_the_reference():
+    rng = np.random.default_rng(11)
+    for shape in [(3 * threads.BLOCK + 5,), (300, 70), (1,), (40, 50)]:
+        g = rng.standard_normal(shape).astype(np.float32)
+        if shape == (40, 50):
+            g = g.T                                          # not contiguous: one piece
+        assert fast_optim.sum_of_squares(g) == pytest.approx(sum_of_squares(g), rel=1e-5)
+        assert fast_optim.sum_of_squares(g) == pytest.approx(
+            float((g.astype(np.float64) ** 2).sum()), rel=1e-6)
+        a, b = g.copy(), g.copy()
+        fast_optim.scale_(a, 0.3)
+        scale_in_place(b, 0.3)
+        np.testing.assert_array_equal(a, b)

@@ -7,6 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 import nn
 import tensor
+import tensor.fast
 from gpt import GPT, GPTConfig
 from tensor import backend
 from tensor.fast import threads
@@ -164,6 +165,9 @@ def test_random_streams_are_separate_seeded_and_restored():
 
 def test_auto_rule(monkeypatch):
     model = tiny_gpt(0, dtype=np.float32)
+    threads.set_threads(2)
+    assert not nn.parallel.worth_it(model)                  # tensor.fast off: reference only
+    tensor.fast.enable(tune_malloc=False)                   # (conftest switches it off again)
     threads.set_threads(1)
     assert not nn.parallel.worth_it(model)                  # one thread: nothing to split
     threads.set_threads(2)

@@ -70,6 +70,8 @@ def test_audit_shows_segmentation_compression_and_longest(trained, capsys):
      "vocab_size 200 is too small"),
     (["train", "--data", "{d}/input.txt", "--vocab_size", "300", "--out", "{d}/o",
       "--val_fraction", "1.5"], b"", "--val_fraction must be in [0, 1)"),
+    (["train", "--data", "{d}/input.txt", "--vocab_size", "300", "--out", "{d}/input.txt/o"],
+     b"", "--out {d}/input.txt/o: cannot write it"),
     (["encode", "--tokenizer", "{d}/nothing"], b"hi", "does not exist"),
     (["encode", "--tokenizer", "{d}/tok"], b"a<|endoftext|>", "special token '<|endoftext|>'"),
     (["encode", "--tokenizer", "{d}/tok"], b"\xff", "standard input is not UTF-8"),
@@ -85,7 +87,8 @@ def test_bad_input_is_one_line_and_status_2(trained, monkeypatch, capsys, argv, 
     argv = [a.replace("{d}", str(trained)) for a in argv]
     assert run(argv, stdin, monkeypatch) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message.replace("{d}", str(trained)) in err, err
 
 
 def test_no_traceback_from_a_real_process(tmp_path):

@@ -172,3 +172,60 @@ def test_parallel_halves_train_the_same_as_one_thread(corpus, tmp_path, capsys):
         np.testing.assert_allclose(on[name], off[name], rtol=1e-9, atol=1e-12)
     for it, loss in step_losses(tmp_path / "off").items():
         assert step_losses(tmp_path / "on")[it] == pytest.approx(loss, rel=1e-10)
+
+
+def test_fast_kernels_train_the_same_as_the_reference_ops(corpus, tmp_path, monkeypatch):
+    """The CLI runs tensor.fast's kernels; TINYGRAD_GPT_FAST=0 runs every op's reference
+    code. In float64 (so rounding cannot hide a wrong kernel) the two runs agree to 1e-9,
+    parallel halves and dropout off; the fast layer is off again after main() returns."""
+    import tensor.fast
+    common = [f"--data={corpus}", "--max_iters=4", "--eval_interval=2", "--eval_iters=1",
+              "--sample_tokens=0", "--n_layer=2", "--n_head=2", "--n_embd=16",
+              "--block_size=16", "--dtype=float64", "--log_interval=1", "--batch_size=4",
+              "--parallel=off", "--grad_clip=0.5"]
+    run([*common, f"--out_dir={tmp_path / 'fast'}"])
+    assert not tensor.fast.enabled()
+    monkeypatch.setenv("TINYGRAD_GPT_FAST", "0")
+    run([*common, f"--out_dir={tmp_path / 'reference'}"])
+    fast, reference = load(tmp_path / "fast")[1], load(tmp_path / "reference")[1]
+    moved = False
+    for name in reference:
+        np.testing.assert_allclose(fast[name], reference[name], rtol=1e-9, atol=1e-12)
+    for it, loss in step_losses(tmp_path / "reference").items():
+        assert step_losses(tmp_path / "fast")[it] == pytest.approx(loss, rel=1e-9)
+        moved = moved or it > 0 and loss != step_losses(tmp_path / "reference")[0]
+    assert moved
+
+
+def test_the_checkpoint_keeps_every_random_state_as_one_object(corpus, tmp_path):
+    out = tmp_path / "run"
+    run([f"--data={corpus}", f"--out_dir={out}", "--max_iters=3", "--eval_interval=3",
+         "--dropout=0.1", "--parallel=on", *TINY])
+    info = load(out)[0]
+    state = info["random_state"]
+    assert set(state) == {"batches", "dropout"}
+    assert set(state["dropout"]) <= {"0", "1"} and "0" in state["dropout"]
+    assert not any(key.startswith("dropout_rng") or key == "rng" for key in info)
+
+
+def test_a_checkpoint_from_before_the_one_random_state_object_resumes_the_same(corpus,
+                                                                                tmp_path):
+    """Older checkpoints kept the random states as rng / dropout_rng / dropout_rng_stream1;
+    resuming one gives exactly what resuming the same checkpoint in today's form gives."""
+    import shutil
+    common = [f"--data={corpus}", "--eval_interval=3", "--dropout=0.1", "--parallel=on", *TINY]
+    new = tmp_path / "new"
+    run([*common, f"--out_dir={new}", "--max_iters=3"])
+    old = tmp_path / "old"
+    shutil.copytree(new, old)
+    meta = json.loads((old / "ckpt.json").read_text())
+    state = meta.pop("random_state")
+    meta["rng"], meta["dropout_rng"] = state["batches"], state["dropout"]["0"]
+    if "1" in state["dropout"]:
+        meta["dropout_rng_stream1"] = state["dropout"]["1"]
+    (old / "ckpt.json").write_text(json.dumps(meta))
+    for folder in (new, old):
+        run([*common, f"--out_dir={folder}", "--max_iters=6", "--resume"])
+    a, b = load(new)[1], load(old)[1]
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)

@@ -24,8 +24,7 @@ from nn import module_scopes
 from tensor import backend, no_grad, observe_ops
 
 from . import tokenizer_io
-from .cli import report_user_errors
-from .settings import UserError
+from .cli import UserError, report_user_errors
 
 LEVELS = ".:-=+*#%@"        # weight 0 -> '.', weight 1 -> '@' (9 equal steps); masked -> ' '
 DPI = 100

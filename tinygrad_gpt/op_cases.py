@@ -5,6 +5,8 @@ Each case is (name, the op's Python function, build). `build(rng)` returns (fn, 
 `fn` takes Tensors and returns a Tensor; `inputs` are NumPy arrays (float ones are checked,
 integer ones such as token ids pass through). The formula printed beside each op comes from
 the second half of its function's docstring, so the table and the code cannot disagree.
+The four ops with a fast kernel (tensor/dispatch.py) are checked as their reference
+functions, the hand-derived code that tensor/ spells out, whether or not tensor.fast is on.
 
 `learner_build(name, fn)` makes the same random cases with a learner's own function in
 place of the op (`python -m tinygrad_gpt.gradcheck --function mymodule:myfn --op NAME`);
@@ -15,7 +17,10 @@ import numpy as np
 import tensor
 import tensor.functional as F
 from tensor import Tensor, elementwise, matmul, movement, reduce
-from tensor.gelu import gelu_erf
+from tensor.attention import scaled_dot_product_attention
+from tensor.cross_entropy import cross_entropy
+from tensor.gelu import gelu, gelu_erf
+from tensor.layernorm import layer_norm
 
 
 def shape(rng, ndim=None, low=1, high=4):
@@ -163,7 +168,7 @@ def build_attention(rng):
     B, nh, T, hs = shape(rng, ndim=4)
     past = int(rng.integers(0, 3))                             # keys from an earlier cache
     qs, kv = (B, nh, T, hs), (B, nh, past + T, hs)
-    fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, offset=past)  # noqa: E731
+    fn = lambda q, k, v: scaled_dot_product_attention(q, k, v, offset=past)  # noqa: E731
     return fn, [normal(rng, qs), normal(rng, kv), normal(rng, kv)]
 
 
@@ -227,12 +232,12 @@ CASES = [  # (name, function whose docstring holds the math, builder)
     ("linear", F.linear, build_linear(F.linear)),
     ("softmax", F.softmax, build_softmax(F.softmax)),
     ("log_softmax", F.log_softmax, build_softmax(F.log_softmax)),
-    ("layer_norm", F.layer_norm, build_layer_norm(F.layer_norm)),
-    ("attention", F.scaled_dot_product_attention, build_attention),
-    ("gelu", F.gelu, unary(F.gelu)),                         # tanh form, GPT-2's default
+    ("layer_norm", layer_norm, build_layer_norm(layer_norm)),
+    ("attention", scaled_dot_product_attention, build_attention),
+    ("gelu", gelu, unary(gelu)),                             # tanh form, GPT-2's default
     ("gelu_erf", gelu_erf, unary(gelu_erf)),
     ("embedding", F.embedding, build_embedding(F.embedding)),
-    ("cross_entropy", F.cross_entropy, build_cross_entropy(F.cross_entropy)),
+    ("cross_entropy", cross_entropy, build_cross_entropy(cross_entropy)),
     ("dropout", F.dropout, build_dropout),
 ]
 
@@ -269,8 +274,6 @@ def learner_build(name, fn):
 
 def reference_function(name):
     """The engine's own function for op `name` (what a learner's version should match)."""
-    if name == "attention":
-        return F.scaled_dot_product_attention
     return next(function for n, function, _ in CASES if n == name)
 
 

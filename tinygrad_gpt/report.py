@@ -4,7 +4,7 @@ import json
 import os
 from pathlib import Path
 
-from .settings import UserError
+from .cli import UserError
 
 
 def estimate_memory(n_params, config, vocab_size, bytes_per_float):

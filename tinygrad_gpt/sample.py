@@ -19,10 +19,9 @@ from gpt import GPT
 from gpt.bigram import Bigram
 from gpt.config import GPTConfig
 import tensor.fast
-from tensor import backend
 
 from . import checkpoint, tokenizer_io
-from .cli import report_user_errors
+from .cli import check_device, report_user_errors
 from .settings import UserError
 
 
@@ -82,8 +81,8 @@ def read_prompt(start):
 
 
 def main(argv=None):
-    tensor.fast.enable()
-    return report_user_errors(run, parse_args(sys.argv[1:] if argv is None else argv))
+    with tensor.fast.on():              # the CPU speed machinery, for this command only
+        return report_user_errors(run, parse_args(sys.argv[1:] if argv is None else argv))
 
 
 def run(args):
@@ -93,10 +92,7 @@ def run(args):
     if args.temperature < 0 or (args.top_k is not None and args.top_k < 1) or \
             (args.top_p is not None and not 0 < args.top_p <= 1):
         raise UserError("--temperature must be >= 0, --top_k >= 1 and --top_p in (0, 1]")
-    try:
-        device = backend.check_device(args.device)
-    except (RuntimeError, ValueError) as e:
-        raise UserError(str(e)) from None
+    device = check_device(args.device)
     if args.init_from:
         model, tok = load_pretrained(args.init_from, device)
     else:

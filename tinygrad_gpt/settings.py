@@ -6,21 +6,29 @@ and the command line, merged in that order (command line wins).
 `--key=value` and `--key value` both work, with dashes or underscores; booleans accept
 True/False/true/false/1/0 (a bare `--bias` means True). An unknown key is an error that
 suggests the closest valid one.
+
+A preset is a model shape from gpt/config.py's PRESETS plus the training settings below, and
+the model's sizes are checked by GPTConfig's own rules (their messages name the flags here).
 """
 import argparse
 import difflib
 import functools
 import inspect
+import re
 from dataclasses import dataclass, fields
+
+from gpt.config import PRESETS as MODEL_PRESETS
+from gpt.config import GPTConfig
+
+from .cli import UserError      # train, sample, checkpoint and trace import it from here too
 
 try:
     import tomllib
 except ModuleNotFoundError:          # Python 3.10
     import tomli as tomllib
 
-
-class UserError(Exception):
-    """Bad input from the user: the CLIs print its message on one line and exit with code 2."""
+# The settings that are the model's shape: GPTConfig's fields but vocab_size (the tokenizer's).
+MODEL_FIELDS = [f.name for f in fields(GPTConfig) if f.name != "vocab_size"]
 
 
 @dataclass
@@ -35,7 +43,7 @@ class TrainConfig:
     eval_iters: int = 20                # batches averaged per evaluation
     always_save_checkpoint: bool = True  # save at every evaluation, not only on a new best
     sample_tokens: int = 200            # tokens sampled at each evaluation (0 = none)
-    # model
+    # model (the defaults are gpt.config.PRESETS["shakespeare-char-cpu"]'s shape)
     model: str = "gpt"                  # gpt | bigram
     n_layer: int = 4                    # transformer blocks
     n_head: int = 4                     # attention heads per block
@@ -63,10 +71,14 @@ class TrainConfig:
     seed: int = 1337                    # seeds init, batches, dropout and samples
     overfit_batch: bool = False         # train on one fixed batch (loss should reach ~0)
 
+    def model_config(self, vocab_size):
+        """The GPTConfig of the model these settings train, for a vocab_size-token tokenizer
+        (ValueError if the sizes break GPTConfig's rules)."""
+        return GPTConfig(vocab_size=vocab_size, **{k: getattr(self, k) for k in MODEL_FIELDS})
+
     def validate(self):
-        positive = ["n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_iters",
-                    "gradient_accumulation_steps", "eval_interval", "log_interval",
-                    "eval_iters", "vocab_size", "lr_decay_iters"]
+        positive = ["batch_size", "max_iters", "gradient_accumulation_steps", "eval_interval",
+                    "log_interval", "eval_iters", "vocab_size", "lr_decay_iters"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UserError(f"--{name} must be a positive integer, got {getattr(self, name)}")
@@ -76,11 +88,10 @@ class TrainConfig:
                 raise UserError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if self.learning_rate == 0:
             raise UserError("--learning_rate must be > 0")
-        if self.n_embd % self.n_head:
-            raise UserError(f"--n_embd ({self.n_embd}) must be divisible by --n_head "
-                            f"({self.n_head}), e.g. --n_embd {self.n_head * 32}")
-        if not 0 <= self.dropout < 1:
-            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
+        try:                    # the model's sizes, n_embd % n_head, dropout: GPTConfig's rules
+            self.model_config(vocab_size=self.vocab_size)   # the tokenizer sets the real one
+        except ValueError as e:
+            raise UserError(as_flags(str(e))) from None
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise UserError(f"--beta1 and --beta2 must be in [0, 1), got {self.beta1}, "
                             f"{self.beta2}")
@@ -96,21 +107,30 @@ class TrainConfig:
         return self
 
 
-PRESETS = {
+# A training preset: the model shape of the same name in gpt.config.PRESETS, then the
+# settings in which the run differs from TrainConfig's defaults (as nanoGPT's config files
+# override its train.py).
+TRAINING_PRESETS = {
     # nanoGPT's CPU Shakespeare run (its README's CPU command line): ~1.5 min in nanoGPT.
-    "shakespeare-char-cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12,
-                                 dropout=0.0, bias=False, learning_rate=1e-3, max_iters=2000,
-                                 lr_decay_iters=2000, min_lr=1e-4, beta2=0.99, warmup_iters=100,
-                                 weight_decay=0.1, grad_clip=1.0, eval_interval=250,
-                                 eval_iters=20, log_interval=10),
-    # nanoGPT's GPU "baby GPT" (config/train_shakespeare_char.py).
-    "baby-gpt": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64,
-                     dropout=0.2, bias=False, learning_rate=1e-3, max_iters=5000,
-                     lr_decay_iters=5000, min_lr=1e-4, beta2=0.99, warmup_iters=100,
-                     weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=200,
-                     log_interval=10, always_save_checkpoint=False),
+    # TrainConfig's defaults are this run.
+    "shakespeare-char-cpu": {},
+    # nanoGPT's GPU "baby GPT" (config/train_shakespeare_char.py); its learning_rate, min_lr,
+    # beta2, warmup_iters, eval_interval and log_interval are the defaults too.
+    "baby-gpt": dict(batch_size=64, max_iters=5000, lr_decay_iters=5000, eval_iters=200,
+                     always_save_checkpoint=False),
 }
+PRESETS = {name: {**{k: MODEL_PRESETS[name][k] for k in MODEL_FIELDS}, **training}
+           for name, training in TRAINING_PRESETS.items()}
 FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def as_flags(message):
+    """A GPTConfig message in the command line's words: its field names become flags.
+
+    >>> as_flags("n_embd (130) must be divisible by n_head (4), e.g. n_embd=128")
+    '--n_embd (130) must be divisible by --n_head (4), e.g. --n_embd=128'
+    """
+    return re.sub(rf"\b({'|'.join(MODEL_FIELDS)})\b", r"--\1", message)
 
 
 def parse_bool(text):

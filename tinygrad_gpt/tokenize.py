@@ -15,31 +15,36 @@ import sys
 import time
 from pathlib import Path
 
-from tokenizer import BPETokenizer
+from tokenizer import BPETokenizer, files
 from tokenizer.audit import SAMPLES, audit
 from tokenizer.patterns import NAMED_PATTERNS
 
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit status 2."""
+from .cli import UserError, report_user_errors
 
 
 def read_text(path):
-    """A UTF-8 text file's content, or UsageError saying what is wrong and what to do."""
+    """A UTF-8 text file's content, or UserError saying what is wrong and what to do."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"{path}: no such file; pass the path of a UTF-8 text file")
+        raise UserError(f"{path}: no such file; pass the path of a UTF-8 text file")
     try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{path} is not UTF-8 text (bad byte at offset {e.start}); convert "
-                         f"it first, e.g. iconv -f latin1 -t utf-8") from None
+        return files.read_text(path)
+    except ValueError as e:          # "... is not UTF-8 text (bad byte at offset N)"
+        raise UserError(f"{e}; convert it first, e.g. iconv -f latin1 -t utf-8") from None
+
+
+def load(folder):
+    """The BPE tokenizer saved in folder, or UserError saying what is missing or corrupt."""
+    try:
+        return BPETokenizer.load(folder)
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
 
 
 def split_holdout(text, val_fraction):
     """(first 1 - val_fraction of the characters, the rest)."""
     if not 0 <= val_fraction < 1:
-        raise UsageError(f"--val_fraction must be in [0, 1), got {val_fraction}")
+        raise UserError(f"--val_fraction must be in [0, 1), got {val_fraction}")
     cut = round(len(text) * (1 - val_fraction))
     return text[:cut], text[cut:]
 
@@ -48,17 +53,22 @@ def read_stdin():
     try:
         return sys.stdin.buffer.read().decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UsageError(f"standard input is not UTF-8 text (bad byte at offset {e.start})") \
+        raise UserError(f"standard input is not UTF-8 text (bad byte at offset {e.start})") \
             from None
 
 
 def cmd_train(args):
     train_text, _ = split_holdout(read_text(args.data), args.val_fraction)
     start = time.perf_counter()
-    tok = BPETokenizer.train(train_text, args.vocab_size, pattern=args.pattern,
-                             special_tokens=args.special)
-    seconds = time.perf_counter() - start
-    tok.save(args.out)
+    try:                             # too small a vocab_size, a special token's spelling
+        tok = BPETokenizer.train(train_text, args.vocab_size, pattern=args.pattern,
+                                 special_tokens=args.special)
+        seconds = time.perf_counter() - start
+        tok.save(args.out)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    except OSError as e:
+        raise UserError(f"--out {args.out}: cannot write it ({e.strerror})") from None
     num_bytes = len(train_text.encode("utf-8"))
     tokens = len(tok.encode_ordinary(train_text))
     print(f"learned {len(tok.merges)} merges from {num_bytes:,} bytes of {args.data} in "
@@ -71,28 +81,35 @@ def cmd_train(args):
 
 
 def cmd_encode(args):
-    tok = BPETokenizer.load(args.tokenizer)
-    ids = tok.encode(read_stdin(), allowed_special=args.allowed_special)
+    tok, text = load(args.tokenizer), read_stdin()
+    try:                             # a special token's text where none is allowed
+        ids = tok.encode(text, allowed_special=args.allowed_special)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     print(" ".join(map(str, ids)))
 
 
 def cmd_decode(args):
-    tok = BPETokenizer.load(args.tokenizer)
+    tok = load(args.tokenizer)
     words = sys.stdin.read().split()
     try:
         ids = [int(w) for w in words]
     except ValueError:
         bad = next(w for w in words if not w.lstrip("-").isdigit())
-        raise UsageError(f"standard input must be token ids separated by whitespace; "
-                         f"{bad!r} is not an integer") from None
-    sys.stdout.buffer.write(tok.decode_bytes(ids))      # the exact bytes, even mid-character
+        raise UserError(f"standard input must be token ids separated by whitespace; "
+                        f"{bad!r} is not an integer") from None
+    try:
+        data = tok.decode_bytes(ids)                    # the exact bytes, even mid-character
+    except ValueError as e:                             # an id the tokenizer does not have
+        raise UserError(str(e)) from None
+    sys.stdout.buffer.write(data)
     sys.stdout.flush()
 
 
 def cmd_audit(args):
     if args.longest < 0:
-        raise UsageError(f"--longest must be 0 or more, got {args.longest}")
-    tok = BPETokenizer.load(args.tokenizer)
+        raise UserError(f"--longest must be 0 or more, got {args.longest}")
+    tok = load(args.tokenizer)
     train_text = heldout = None
     if args.data:
         train_text, heldout = split_holdout(read_text(args.data), args.val_fraction)
@@ -164,14 +181,13 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        args.run(args)
-    except (UsageError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def run(args):
+    args.run(args)
     return 0
+
+
+def main(argv=None):
+    return report_user_errors(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tokenizer import BPETokenizer, CharTokenizer
 
-from .settings import UserError
+from .cli import UserError
 
 
 def fit(kind, text, vocab_size):

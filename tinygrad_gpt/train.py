@@ -26,12 +26,12 @@ from tqdm import tqdm
 import nn
 import tensor
 import tensor.fast
-from gpt import GPT, GPTConfig
+from gpt import GPT
 from gpt.bigram import Bigram
-from tensor import backend, no_grad
+from tensor import no_grad
 
 from . import checkpoint, data, report, settings, tokenizer_io
-from .cli import report_user_errors
+from .cli import check_device, report_user_errors
 from .settings import UserError
 
 # Settings a resumed run may change; the rest must match the checkpoint.
@@ -40,9 +40,7 @@ RESUMABLE = {"max_iters", "lr_decay_iters", "eval_interval", "log_interval", "ev
 
 
 def build_model(config, vocab_size):
-    model_config = GPTConfig(vocab_size=vocab_size, block_size=config.block_size,
-                             n_layer=config.n_layer, n_head=config.n_head,
-                             n_embd=config.n_embd, dropout=config.dropout, bias=config.bias)
+    model_config = config.model_config(vocab_size)
     tensor.manual_seed(config.seed)
     model = Bigram(model_config) if config.model == "bigram" else GPT(model_config)
     if config.dtype == "float64":
@@ -108,10 +106,7 @@ def setup(argv):
         config = settings.TrainConfig(**{**asdict(stored),
                                          **{k: getattr(config, k) for k in explicit}})
         config.validate()
-    try:
-        backend.check_device(config.device)
-    except RuntimeError as e:
-        raise UserError(str(e)) from None
+    check_device(config.device)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / ".write_test"
@@ -124,8 +119,8 @@ def setup(argv):
 
 
 def main(argv=None):
-    tensor.fast.enable()
-    return report_user_errors(train, sys.argv[1:] if argv is None else argv)
+    with tensor.fast.on():              # the CPU speed machinery, for this command only
+        return report_user_errors(train, sys.argv[1:] if argv is None else argv)
 
 
 def train(argv):

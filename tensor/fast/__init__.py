@@ -13,9 +13,10 @@ reference op it replaces, forward and backward):
     optim.py          the AdamW update and the gradient-norm sum in blocks on both cores
     memory.py         glibc's malloc keeps freed memory (no page faults from step to step)
 
-Nothing happens on import. `enable()` (the training and sampling CLIs call it) registers
-the kernels over their reference ops (tensor/dispatch.py) and tunes malloc; `disable()`
-takes the kernels out again. TINYGRAD_GPT_FAST=0 makes enable() do nothing, so every op
+Nothing happens on import. `enable()` registers the kernels over their reference ops
+(tensor/dispatch.py) and tunes malloc; `disable()` takes the kernels out again; the
+training and sampling CLIs run inside `with tensor.fast.on():` (enable, then back to how it
+was). TINYGRAD_GPT_FAST=0 makes enable() do nothing, so every op
 runs its reference code. One more setting cannot be made from here: OpenBLAS reads
 OPENBLAS_THREAD_TIMEOUT when NumPy is first imported, so the CLIs set it themselves, first
 thing (see tinygrad_gpt/train.py).
@@ -55,3 +56,16 @@ def disable():
 def enabled():
     """True while the fast kernels are registered."""
     return any(name in dispatch.registered() for name in OPS)
+
+
+class on:
+    """`with tensor.fast.on():` the fast kernels inside the block, then as before it."""
+
+    def __enter__(self):
+        self.was_enabled = enabled()
+        enable()
+        return self
+
+    def __exit__(self, *exc):
+        if not self.was_enabled:
+            disable()
