@@ -1,12 +1,17 @@
 """python -m tinygrad_gpt.trace: a golden test of the forward listing (module, op, shape,
-inputs; no floats), the backward order, the DOT graph, --op, and clean errors."""
+inputs; no floats), the backward order, the DOT graph, --op, and clean errors; the formula
+shown for each op; and that every gradient the trace lists or prints, on every edge of the
+whole trace (tied embedding, fused and composed attention), is the one backward computed."""
 import re
 
 import numpy as np
 import pytest
 
+import tensor.functional as F
 from runs import make_run
+from tensor import observe_ops
 from tinygrad_gpt import trace as tr
+from tinygrad_gpt.op_cases import CASES, formula
 
 # The forward listing of the default tiny GPT on "To be, or not" (12 tokens in).
 GOLDEN_FORWARD = """\
@@ -187,9 +192,143 @@ def test_formula_from_backprop_md_else_the_docstring(tmp_path):
                                                   "docs/backprop.md")
     assert tr.backprop_formula("exp", md)[0] == "da = dy * y"
     assert tr.backprop_formula("attention", md)[0] == "dq = s dS @ k"
-    text, where = tr.backprop_formula("gelu", md)              # not in this file
-    assert "dx = dy *" in text and "docstring" in where
-    assert "docstring" in tr.backprop_formula("gelu", tmp_path / "missing.md")[1]
+    # Not in the file: the docstring. F.gelu, F.layer_norm... are one-line dispatch
+    # wrappers ("GELU (gelu.py)."), so the math line comes from the reference op in tensor/.
+    for op, wrapper, reference in (
+            ("gelu", F.gelu, F.reference_gelu),
+            ("layer_norm", F.layer_norm, F.reference_layer_norm),
+            ("cross_entropy", F.cross_entropy, F.reference_cross_entropy),
+            ("attention", F.scaled_dot_product_attention, F.reference_attention)):
+        text, where = tr.backprop_formula(op, tmp_path / "missing.md")
+        assert reference.__module__ != "tensor.functional"
+        assert where == f"the docstring of {reference.__module__}.{reference.__name__}"
+        assert text == formula(reference) != formula(wrapper)
+        assert re.match(r"d\w+ = ", text), (op, text)       # the backward half: "dx = ..."
+    text, where = tr.backprop_formula("gelu", md)
+    assert "dx = dy *" in text and where == "the docstring of tensor.gelu.gelu"
+    assert tr.backprop_formula("exp", tmp_path / "missing.md") == (
+        "da = dy * y", "the docstring of tensor.elementwise.exp")
+    assert tr.backprop_formula("nope", md) == ("(no formula found)", "nowhere")
+
+
+def test_docs_backprop_md_has_a_formula_for_every_op():
+    """The real docs/backprop.md: one backward line for each op gradcheck knows, and so for
+    every op a trace can show (fused and composed attention)."""
+    for name, _, _ in CASES:
+        text, where = tr.backprop_formula(name)
+        assert where == "docs/backprop.md", name
+        assert re.search(r"\bd\w+(\[\w+\])? = ", text), (name, text)    # "dx = ", "dW[j] = "
+    lines = tr.BACKPROP_MD.read_text(encoding="utf-8").count("**backward:**")
+    assert lines == len(CASES) == 34
+    for composed in (False, True):
+        t, _ = traced_with_independent_record(composed)
+        for op in {r.op for r in t.ops}:
+            assert tr.backprop_formula(op)[1] == "docs/backprop.md", op
+
+
+# ----- the tracer is right for every op (its gradients are the engine's) --------------------
+
+
+def traced_with_independent_record(composed):
+    """The tracer's Trace of the tiny GPT, and what every backward returned, recorded by a
+    second, independent hook: an observer that wraps each op's backward as the op is made
+    (the tracer wraps that wrapper later) and keeps copies of the gradients it returns.
+    -> (trace, {id(op output): (gradient per parent, copied when returned)})"""
+    returned = {}
+
+    def observe(out, parents):
+        if out._backward is None:
+            return
+        backward, key = out._backward, id(out)
+
+        def recorded(dy):
+            grads = backward(dy)
+            returned[key] = tuple(None if g is None else np.array(g, copy=True) for g in grads)
+            return grads
+        out._backward = recorded
+    model, tok = tr.build_tiny(tr.DEFAULT_TEXT)
+    with observe_ops(observe):
+        t = tr.trace(model, tok.encode(tr.DEFAULT_TEXT), composed=composed)
+    return t, returned
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["fused", "composed"])
+def recorded(request):
+    return traced_with_independent_record(request.param)
+
+
+def test_every_edge_lists_what_its_backward_returned(recorded):
+    t, returned = recorded
+    assert {id(r.out) for r in t.backward} == set(returned)   # every op backward ran
+    for r in t.backward:
+        assert len(r.grads) == len(r.parents), r.label
+        for i, (p, g, independent) in enumerate(zip(r.parents, r.grads, returned[id(r.out)])):
+            edge = f"{r.label} -> {t.source(p, r.module)} (input {i})"
+            assert (g is None) == (not p.requires_grad), edge   # None only where not needed
+            assert (independent is None) == (g is None), edge
+            if g is not None:
+                np.testing.assert_array_equal(g, independent, err_msg=edge)
+
+
+def test_gradients_listed_for_a_tensor_sum_to_what_backward_accumulated(recorded):
+    """For every parameter, the gradients the trace lists on its edges add up to .grad; for
+    every op output, the gradients listed for it add up to the dy its own op received."""
+    t, _ = recorded
+    listed = {}                                     # id(tensor) -> [gradients, in visit order]
+    for r in t.backward:
+        for p, g in zip(r.parents, r.grads):
+            if g is not None:
+                listed.setdefault(id(p), []).append(g)
+    for name, p in t.params:
+        assert p.grad is not None and id(p) in listed, name
+        total = listed[id(p)][0].astype(np.float64)
+        for g in listed[id(p)][1:]:
+            total = total + g
+        np.testing.assert_allclose(total, p.grad, rtol=1e-5, atol=1e-9, err_msg=name)
+    token = dict(t.params)["token_embedding.weight"]
+    users = sorted(r.label for r in t.ops if any(p is token for p in r.parents))
+    assert users == ["GPT.linear", "token_embedding.embedding"]        # tied: two edges
+    assert len(listed[id(token)]) == 2
+    for r in t.backward:
+        if r.index == len(t.ops) - 1:                                  # the loss: seeded 1
+            np.testing.assert_array_equal(r.dy, np.ones(()))
+            continue
+        parts = listed[id(r.out)]
+        np.testing.assert_allclose(sum(parts[1:], parts[0].astype(np.float64)), r.dy,
+                                   rtol=1e-5, atol=1e-9, err_msg=r.label)
+
+
+def test_printed_backward_shows_every_edge_with_its_norm(recorded):
+    t, returned = recorded
+    lines = tr.backward_lines(t)[1:]
+    assert len(lines) == len(t.backward)
+    for line, r in zip(lines, t.backward):
+        assert line.startswith(f"  [{r.index:2d}] {r.label} ")
+        sent = re.findall(r"(\S+) (\d\.\d\de[+-]\d\d)(?:,|$)", line.split(" -> ", 1)[1])
+        expected = [(t.source(p, r.module), f"{tr.norm(g):.2e}")
+                    for p, g in zip(r.parents, returned[id(r.out)]) if g is not None]
+        assert sent == expected, line
+    params = {name: f"{tr.norm(p.grad):.3e}" for name, p in t.params}
+    for line in tr.parameter_lines(t)[2:]:                  # name, shape, |grad|, ...
+        name = line.split()[0]
+        assert re.findall(r"\d\.\d{3}e[+-]\d\d", line)[0] == params.pop(name), line
+    assert not params
+
+
+def test_op_embedding_names_the_tied_weight_with_a_norm(capsys):
+    code, out, _ = run_cli(capsys, "--op", "embedding")
+    assert code == 0 and "not needed" not in out
+    t, returned = traced_with_independent_record(composed=False)
+    for args, label in ((["--op", "embedding"], "token_embedding.embedding"),
+                        (["--op", "linear", "--index", "12"], "GPT.linear")):
+        code, out, _ = run_cli(capsys, *args)
+        assert code == 0 and f"] {label} " in out.splitlines()[1], out
+        shown = re.search(r"^  dweight +-> token_embedding\.weight +\(9, 16\) +\|d\| (\S+)",
+                          out, re.M)
+        assert shown, out
+        r = next(r for r in t.ops if r.label == label)
+        g = returned[id(r.out)][[p.shape for p in r.parents].index((9, 16))]
+        assert shown.group(1) == f"{tr.norm(g):.3e}"     # this op's part, not the total
 
 
 def test_a_trained_run_is_traced(tmp_path, capsys):

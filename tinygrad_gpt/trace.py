@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 import tensor
+import tensor.functional as F
 from gpt import GPT, GPTConfig
 from nn import module_scopes
 from tensor import backend, observe_ops
@@ -111,10 +112,13 @@ def trace(model, ids, composed=False):
 
 
 def _watch(record, backward, visited):
-    """Wrap an op's backward closure to keep the dy it gets and the gradients it returns."""
+    """Wrap an op's backward closure to keep the dy it gets and copies of the gradients it
+    returns (a parameter's first gradient becomes its .grad and the next is added into it in
+    place: the tied embedding's LM-head gradient would otherwise show the sum of both)."""
     def watched(dy):
         grads = backward(dy)
-        record.dy, record.grads = dy, tuple(grads)
+        record.dy = dy
+        record.grads = tuple(None if g is None else g.copy() for g in grads)
         visited.append(record)
         return grads
     return watched
@@ -168,9 +172,18 @@ def parameter_lines(t):
     return lines
 
 
+def op_function(op):
+    """The function whose docstring holds op's math: the reference op (F.reference_gelu, ...)
+    where F.gelu etc. are thin dispatch wrappers, else the function gradcheck tests."""
+    reference = getattr(F, f"reference_{op}", None)
+    if reference is not None:
+        return reference
+    return next((function for name, function, _ in CASES if name == op), None)
+
+
 def backprop_formula(op, path=BACKPROP_MD):
     """(formula, where it came from) for an op: its `**backward:**` line in docs/backprop.md
-    (the op's name is the first code span of that line), else its function's docstring."""
+    (the op's name is the first code span of that line), else its op_function's docstring."""
     wanted = {op, DOC_NAMES.get(op, op)}
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -188,10 +201,10 @@ def backprop_formula(op, path=BACKPROP_MD):
         else:                                                # "**backward:** `op`: formula"
             found = line.split("**backward:**", 1)[1].split(name.group(0), 1)[1].lstrip(": ")
         return found.replace("`", "").strip(), "docs/backprop.md"
-    for name, function, _ in CASES:
-        if name == op:
-            return formula(function), f"the docstring of {function.__module__}.{name}"
-    return "(no formula found)", "nowhere"
+    function = op_function(op)
+    if function is None:
+        return "(no formula found)", "nowhere"
+    return formula(function), f"the docstring of {function.__module__}.{function.__name__}"
 
 
 def op_lines(t, name, index=0):
