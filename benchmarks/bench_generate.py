@@ -4,7 +4,9 @@ vs nanoGPT's uncached generate in PyTorch eager (CPU), batch 1.
 Each run continues a fixed random prompt of --prompt tokens (default 8) by --tokens new
 tokens (default 256) with temperature 1.0 and plain sampling:
 
-    ours, cached:    model.generate(idx, 256, temperature=1.0, rng=0)
+    ours, cached:    model.generate(idx, 256, temperature=1.0, rng=0), set up as
+                     `python -m tinygrad_gpt.sample` sets itself up (OPENBLAS_THREAD_TIMEOUT=4
+                     before NumPy loads, tensor.fast.enable())
     ours, uncached:  model.generate(idx, 256, temperature=1.0, rng=0, use_cache=False)
     PyTorch:         nanogpt_reference.GPT.generate (nanoGPT's loop: crop to block_size,
                      run the whole window, sample from the last position)
@@ -85,7 +87,7 @@ def timed_runs(run, reps):
 
 # ----- children --------------------------------------------------------------------------
 def child_ours(shape, args, use_cache):
-    import tensor  # noqa: F401  before NumPy, as the CLIs do: it tunes OpenBLAS's threads
+    fast = common.like_the_cli()       # as python -m tinygrad_gpt.sample: before NumPy loads
     import numpy as np
     common.limit_threads(args.threads)
     from gpt import GPT, GPTConfig
@@ -112,7 +114,7 @@ def child_ours(shape, args, use_cache):
 
     times = timed_runs(run, args.reps)
     assert out["ids"].shape == (1, args.prompt + args.tokens)
-    return {"times_s": times, "forward_calls": out["counts"]["calls"],
+    return {"times_s": times, "fast": fast, "forward_calls": out["counts"]["calls"],
             "tokens_run": out["counts"]["positions"], "peak_rss_mb": common.peak_rss_mb(),
             "first_new_ids": out["ids"][0, args.prompt:args.prompt + 8].tolist()}
 
@@ -170,7 +172,9 @@ def main(argv=None):
                     "--reps", str(args.reps), "--threads", str(args.threads)]
             load = common.wait_for_load(args.wait_load, args.max_wait)
             ticks = common.cpu_ticks()
-            r = common.run_child(argv, common.thread_env(args.threads))
+            env = common.thread_env(args.threads) if mode.startswith("torch") else \
+                common.ours_env(args.threads)
+            r = common.run_child(argv, env)
             r["load_at_start"] = load
             r["steal_pct"] = common.steal_percent(ticks, common.cpu_ticks())
             if "times_s" in r:
@@ -215,7 +219,8 @@ def main(argv=None):
         ["shape", "mode", "ms / run", "tokens/s", "time / cached time",
          "forward calls / tokens run", "peak RSS MiB", "crop path", "load at start",
          "host steal %"], rows))
-    print("\ntime / cached time = this row's median / ours-with-KV-cache median (> 1: slower than cached)")
+    print("\ntime / cached time = this row's median / ours-with-KV-cache median "
+          "(> 1: slower than cached)")
     common.write_json(args.json, {"meta": meta, "shapes": {k: SHAPES[k] for k in args.shapes},
                                   "results": results})
     return 1 if any("error" in r for per in results.values() for r in per.values()) else 0

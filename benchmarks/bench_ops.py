@@ -21,7 +21,13 @@ of the BLAS underneath.
     python benchmarks/bench_ops.py --threads 1 --clock thread   # on a machine busy with other work
 
 The thread count is fixed before NumPy is imported (OPENBLAS/OMP/MKL_NUM_THREADS), and
-through threadpoolctl too when it is installed; torch gets torch.set_num_threads.
+through threadpoolctl too when it is installed; torch gets torch.set_num_threads; with
+--threads 1 the fast kernels' own two-core split is off too (tensor.fast.threads).
+
+Our ops run as the training step runs them: OPENBLAS_THREAD_TIMEOUT=4 set before NumPy
+loads and tensor.fast.enable() (the fast kernels over gelu, layer_norm, cross_entropy and
+attention), as `python -m tinygrad_gpt.train` does; --reference times the reference ops
+(tensor/, the fast layer off) instead.
 """
 import argparse
 import gc
@@ -31,8 +37,8 @@ import statistics
 import sys
 import time
 
-from common import (blas_info, cpu_name, load_average, torch_blas,  # shared with the
-                    write_json)                                      # other benchmarks
+from common import (blas_info, cpu_name, like_the_cli, load_average,  # shared with the
+                    torch_blas, write_json)                            # other benchmarks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
@@ -72,6 +78,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="smoke run: small shape, 1 warm-up, 3 reps, no V=50304 cross_entropy")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    p.add_argument("--reference", action="store_true",
+                   help="time our reference ops (tensor.fast not enabled)")
     args = p.parse_args(argv)
     if args.quick:
         args.configs, args.warmup, args.reps, args.min_reps, args.budget = "small", 1, 3, 3, 0.3
@@ -304,13 +312,17 @@ def main(argv=None):
     for var in THREAD_VARS:          # must happen before NumPy (and its BLAS) is loaded
         os.environ[var] = str(args.threads)
     sys.path.insert(0, ROOT)
+    fast = like_the_cli(fast=not args.reference)       # loads NumPy
     import numpy as np
     try:
         from threadpoolctl import threadpool_limits
         threadpool_limits(args.threads)
     except ImportError:
         pass
+    import tensor.fast.threads
     import tensor.functional as F
+    if args.threads == 1:            # the fast kernels' blocks on this thread only
+        tensor.fast.threads.set_threads(1)
 
     torch = torch_F = None
     if not args.no_torch:
@@ -328,12 +340,14 @@ def main(argv=None):
         "torch_blas": torch_blas(torch) if torch else None,
         "torch_threads": torch.get_num_threads() if torch else None,
         "load_average_start": load_average(), "warmup": args.warmup, "clock": args.clock,
+        "fast": fast,
         "reps": f"{args.min_reps}..{args.reps} per library and op (about {args.budget:g} s), "
                 f"in {args.rounds} alternating round(s)",
     }
     print("# bench_ops: forward+backward per op, median ms (float32, CPU)")
     print(f"cpu: {meta['cpu']} ({meta['cores']} cores); threads: {args.threads}")
-    print(f"numpy {meta['numpy']}, BLAS: {meta['numpy_blas']}")
+    print(f"numpy {meta['numpy']}, BLAS: {meta['numpy_blas']}; ours: "
+          + ("fast kernels (tensor.fast)" if fast else "reference ops (tensor.fast off)"))
     if torch:
         print(f"torch {meta['torch']} eager, BLAS: {meta['torch_blas']}, "
               f"threads: {meta['torch_threads']}")

@@ -5,10 +5,16 @@ and the mean cross-entropy), backward, clip the global gradient norm to 1.0, Ada
 (weight decay 0.1 on 2-D+ parameters only, betas (0.9, 0.99)). float32, dropout 0, the same
 fixed random batch every step (data loading is not timed).
 
-    ours:    from gpt import GPT, GPTConfig;  nn.AdamW(nn.decay_groups(params, 0.1), ...);
-             forward + backward through nn.DataParallel (the batch's two halves on the two
-             cores at once) where the training CLI's --parallel auto uses it (S and M; not
-             L, where the twin's gradients would cost 500 MB), --ours-parallel on/off to force
+    ours:    what `python -m tinygrad_gpt.train` runs: OPENBLAS_THREAD_TIMEOUT=4 before NumPy
+             loads, tensor.fast.enable(), from gpt import GPT, GPTConfig;
+             nn.AdamW(nn.decay_groups(params, 0.1), ...); the CLI's step function
+             (tinygrad_gpt.train.step) around nn.forward_backward, or nn.DataParallel's (the
+             batch's two halves on the two cores at once) where the CLI's --parallel auto uses
+             it (S and M; not L, where the twin's gradients would cost 500 MB),
+             --ours-parallel on/off to force
+    reference (--reference): the same step with the fast layer off (tensor.fast not
+             enabled: every op runs its reference code in tensor/, as with
+             TINYGRAD_GPT_FAST=0), taking turns with the others: the cost of readability
     PyTorch: benchmarks/nanogpt_reference.py (nanoGPT's model, with torch's fused
              scaled_dot_product_attention as nanoGPT runs it on torch 2; --torch-attn mask
              for its explicit-mask path) with torch.optim.AdamW, same thread count
@@ -45,6 +51,7 @@ was disturbed more than that, keeping the least-disturbed try.
 
     python benchmarks/bench_train_step.py                       # S, M, L; 12 steps; 2 threads
     python benchmarks/bench_train_step.py --shapes S,M --steps 30 --rounds 5 --json train.json
+    python benchmarks/bench_train_step.py --shapes S,M --reference --no-torch   # fast vs reference
     python benchmarks/bench_train_step.py --quick               # smoke run, a few seconds
 """
 import argparse
@@ -72,7 +79,8 @@ SEED = 1337
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python benchmarks/bench_train_step.py",
-                                description="GPT train step: ours vs nanoGPT in PyTorch eager (CPU).")
+                                description="GPT train step: ours vs nanoGPT in PyTorch "
+                                            "eager (CPU).")
     p.add_argument("--shapes", default="S,M,L", help="comma-separated, from S, M, L (default all)")
     p.add_argument("--steps", type=int, default=12,
                    help="timed steps per framework and shape, over all rounds (default 12)")
@@ -85,6 +93,9 @@ def parse_args(argv=None):
     p.add_argument("--json", metavar="PATH", help="also write every result to PATH as JSON")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny shape, 2 steps")
     p.add_argument("--no-torch", action="store_true", help="time our model only")
+    p.add_argument("--reference", action="store_true",
+                   help="also time our step with the fast layer off (tensor.fast not "
+                        "enabled: the reference ops), taking turns with the others")
     p.add_argument("--torch-attn", choices=("mask", "sdpa"), default="sdpa",
                    help="reference attention: torch's fused scaled_dot_product_attention "
                         "(nanoGPT's flash path on torch 2, the default), or nanoGPT's "
@@ -102,7 +113,7 @@ def parse_args(argv=None):
                         "percent of the CPU time during its timed steps; the least-disturbed "
                         "try is kept")
     p.add_argument("--retries", type=int, default=2, help="with --max-steal (default 2)")
-    p.add_argument("--child", choices=("ours", "torch"), help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=("ours", "reference", "torch"), help=argparse.SUPPRESS)
     p.add_argument("--shape", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -139,44 +150,48 @@ def timed_with_peak(step, args):
 
 def build_ours(shape, ours_parallel="auto"):
     """Our model, optimizer and training step at this shape: (step, model, losses, parallel),
-    parallel True when the step runs through nn.DataParallel."""
+    parallel True when the step runs through nn.DataParallel. The step is the body of the
+    training CLI's tinygrad_gpt.train.step (one micro-batch: zero_grad, forward + backward,
+    clip, AdamW), its forward_backward chosen as the CLI chooses it (--parallel,
+    nn.parallel.worth_it). Written out, not imported: the CLI module's own imports (tqdm,
+    safetensors, ~9 MiB) would count in this child's peak RSS, which measures the step's
+    (tests/test_benchmarks.py checks that it equals train.step)."""
+    import functools
+
     import nn
     from gpt import GPT, GPTConfig
     from tensor import manual_seed
     manual_seed(SEED)
-    config = GPTConfig(**common.model_sizes(shape))
-    model = GPT(config)
-    params = model.parameters()
-    opt = nn.AdamW(nn.decay_groups(params, WEIGHT_DECAY), lr=LR, betas=BETAS)
+    model = GPT(GPTConfig(**common.model_sizes(shape)))
+    opt = nn.AdamW(nn.decay_groups(model.parameters(), WEIGHT_DECAY), lr=LR, betas=BETAS)
     x, y = batch(shape)
     losses = []
-    # as python -m tinygrad_gpt.train --parallel does (see nn/parallel.py)
-    parallel = nn.DataParallel(model, lambda m, x, y: m(x, y)[1]) \
-        if ours_parallel == "on" or (ours_parallel == "auto"
-                                     and nn.parallel.worth_it(model)) else None
+    parallel = ours_parallel == "on" or (ours_parallel == "auto"
+                                         and nn.parallel.worth_it(model))
+    forward_backward = nn.DataParallel(model).forward_backward if parallel \
+        else functools.partial(nn.forward_backward, model)
 
-    def step():
+    def step():                          # = train.step(model, opt, forward_backward, x, y,
+        for group in opt.param_groups:   #              LR, TrainConfig(grad_clip=CLIP))
+            group["lr"] = LR
         opt.zero_grad()
-        if parallel is not None:
-            loss = parallel.forward_backward(x, y)
-        else:
-            _, loss = model(x, y)
-            loss.backward()
-            loss = float(loss.item())
-        nn.clip_grad_norm(params, CLIP)
+        loss = forward_backward(x, y, 1.0)
+        nn.clip_grad_norm(model.parameters(), CLIP)
         opt.step()
         losses.append(loss)
-    return step, model, losses, parallel is not None
+    return step, model, losses, parallel
 
 
-def child_ours(shape, args):
-    import tensor  # noqa: F401  before NumPy, as the CLIs do: it tunes OpenBLAS's threads
+def child_ours(shape, args, fast=True):
+    """Our step in this process, set up as the training CLI sets itself up (fast=False:
+    the fast layer off, every op's reference code)."""
+    fast = common.like_the_cli(fast)           # before NumPy is imported
     import numpy as np
     common.limit_threads(args.threads)
     step, model, losses, parallel = build_ours(shape, args.ours_parallel)
     timing = timed_with_peak(step, args)
     return {"n_params": int(model.num_parameters(non_embedding=True)), **timing,
-            "parallel": parallel,
+            "parallel": parallel, "fast": fast,
             "losses": losses, "peak_rss_mb": common.peak_rss_mb(),
             "blas": common.blas_info(np), "numpy": np.__version__}
 
@@ -223,7 +238,9 @@ def run_child(kind, name, args, steps):
     tries = []
     for _ in range(1 + (args.retries if args.max_steal is not None else 0)):
         load = common.wait_for_load(args.wait_load, args.max_wait)
-        result = common.run_child(argv, common.thread_env(args.threads))
+        env = common.thread_env(args.threads) if kind == "torch" else \
+            common.ours_env(args.threads)
+        result = common.run_child(argv, env)
         result["load_at_start"] = load
         tries.append(result)
         steal = result.get("steal_pct")
@@ -284,8 +301,9 @@ def main(argv=None):
     args = parse_args(argv)
     if args.child:
         common.set_threads(args.threads)
-        fn = child_ours if args.child == "ours" else child_torch
-        common.emit_result(fn(SHAPES[args.shape], args))
+        shape = SHAPES[args.shape]
+        common.emit_result(child_torch(shape, args) if args.child == "torch" else
+                           child_ours(shape, args, fast=args.child == "ours"))
         return 0
 
     common.set_threads(args.threads)
@@ -295,7 +313,8 @@ def main(argv=None):
     load_before = common.load_average()
     peak_n = 512 if args.quick else 2048
     peak_before = common.matmul_peak_gflops(peak_n)
-    kinds = ["ours"] + ([] if args.no_torch else ["torch"])
+    kinds = ["ours"] + (["reference"] if args.reference else []) + \
+        ([] if args.no_torch else ["torch"])
     results = {}
     for name in args.shapes:
         results[name] = run_rounds(name, kinds, args)
@@ -312,7 +331,7 @@ def main(argv=None):
 
     meta = {**common.machine_info(), "threads": args.threads, "numpy": np.__version__,
             "numpy_blas": common.blas_info(np), "steps": args.steps, "rounds": args.rounds,
-            "warmup": args.warmup,
+            "warmup": args.warmup, "kinds": kinds,
             "torch_attn": args.torch_attn, "load_before": load_before, "load_after": load_after,
             "matmul_peak_gflops": peak, "matmul_peak_before": peak_before,
             "matmul_peak_after": peak_after, "matmul_peak_n": peak_n}
@@ -330,14 +349,15 @@ def main(argv=None):
           f"{min(adjacent, default=0):.1f} to {max(adjacent, default=0):.1f})")
     print(f"load average before: {load_before}; after: {load_after}")
     print(f"median of {args.steps} steps per framework and shape, from {args.rounds} children "
-          f"each (ours and PyTorch taking turns), {args.warmup} warm-up steps per child; "
+          f"each ({', '.join(kinds)} taking turns), {args.warmup} warm-up steps per child; "
           "flops/token = 6 N + 12 n_layer C T\n")
 
     rows = []
     for name, per_kind in results.items():
         for kind, r in per_kind.items():
-            label = "PyTorch eager" if kind != "ours" else \
-                "ours (NumPy, 2 halves)" if r.get("parallel") else "ours (NumPy)"
+            label = "PyTorch eager" if kind == "torch" else \
+                ("ours" if kind == "ours" else "ours, reference ops") + \
+                (" (NumPy, 2 halves)" if r.get("parallel") else " (NumPy)")
             if "error" in r:
                 rows.append([name, label] + ["error"] * 8)
                 print(f"{name} {kind}: {r['error']}", file=sys.stderr)
@@ -377,11 +397,27 @@ def main(argv=None):
               "children divided out)\n")
         print(common.markdown_table(["shape", "ours ms", "PyTorch ms", "ratio",
                                      "peak-adjusted ratio"], ratio_rows))
+    cost_rows = []                # --reference: the fast layer's gain, in the same run
+    for name, per_kind in results.items():
+        ours, plain = per_kind.get("ours", {}), per_kind.get("reference", {})
+        if "median_s" in ours and "median_s" in plain:
+            ours["reference_over_ours"] = plain["median_s"] / ours["median_s"]
+            cost_rows.append([name, common.fmt(ours["median_s"] * 1e3, 1),
+                              common.fmt(plain["median_s"] * 1e3, 1),
+                              f"{ours['reference_over_ours']:.2f}",
+                              common.fmt(ours["peak_rss_mb"], 0),
+                              common.fmt(plain["peak_rss_mb"], 0)])
+    if cost_rows:
+        print("\nreference = our step with the fast layer off (tensor/'s reference ops); "
+              "ratio = reference ms / ours ms (> 1: the fast layer pays)\n")
+        print(common.markdown_table(["shape", "ours ms", "reference ms", "ratio",
+                                     "ours RSS MiB", "reference RSS MiB"], cost_rows))
 
     for name, per_kind in results.items():
         for kind, r in per_kind.items():
             if "losses" in r:
-                print(f"\n{name} {kind}: loss first {r['losses'][0]:.4f} last {r['losses'][-1]:.4f}",
+                print(f"\n{name} {kind}: loss first {r['losses'][0]:.4f} "
+                      f"last {r['losses'][-1]:.4f}",
                       end="")
     print()
     common.write_json(args.json, {"meta": meta, "shapes": {k: SHAPES[k] for k in args.shapes},

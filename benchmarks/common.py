@@ -2,6 +2,9 @@
 import time: NumPy must not be imported before the thread count is fixed).
 
     set_threads(n)         BLAS/OpenMP thread variables, before NumPy or torch is imported
+    ours_env(n)            thread_env(n) plus what the training CLI sets for itself
+    like_the_cli(fast)     in a child timing our code: the CLI's OpenBLAS setting, then
+                           tensor.fast.enable() (fast=False: the reference ops)
     timed_steps(fn, ...)   run fn warm-up times, then time it: median, all times, host steal
     peak_rss_mb()          this process's peak resident set size (resource.getrusage)
     matmul_peak_gflops()   float32 GEMM throughput of np.matmul on a large square product
@@ -26,6 +29,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 RESULT_MARK = "@@RESULT@@ "   # a child's last stdout line: this mark, then its JSON result
+# What tinygrad_gpt/train.py and sample.py set in their own environment, first thing (before
+# NumPy loads OpenBLAS, which reads it then): idle BLAS threads sleep at once.
+CLI_ENV = {"OPENBLAS_THREAD_TIMEOUT": "4"}
 
 
 def thread_env(n, base=None):
@@ -35,6 +41,29 @@ def thread_env(n, base=None):
         env[var] = str(n)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def ours_env(n, base=None):
+    """thread_env(n, base) for a child that times our code: also CLI_ENV, where the
+    environment does not set it already (the CLIs use os.environ.setdefault too)."""
+    env = thread_env(n, base)
+    for var, value in CLI_ENV.items():
+        env.setdefault(var, value)
+    return env
+
+
+def like_the_cli(fast=True):
+    """In a child that times our code, before NumPy is imported (after set_threads): what
+    `python -m tinygrad_gpt.train` does to its own process. CLI_ENV into os.environ (unless
+    already set), then tensor.fast.enable(): the fast kernels over the reference ops and
+    malloc's tuning. fast=False leaves the fast layer off (the reference ops, as with
+    TINYGRAD_GPT_FAST=0). Returns whether the fast layer is on."""
+    for var, value in CLI_ENV.items():
+        os.environ.setdefault(var, value)
+    import tensor.fast
+    if fast:
+        tensor.fast.enable()
+    return tensor.fast.enabled()
 
 
 def set_threads(n):

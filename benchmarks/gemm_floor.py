@@ -111,7 +111,7 @@ def alternate(variants, passes):
 
 
 def child_numpy(shape, args):
-    import tensor  # noqa: F401  before NumPy, as the CLIs do
+    common.like_the_cli()          # before NumPy loads, as python -m tinygrad_gpt.train
     import numpy as np
     common.limit_threads(args.threads)
     from tensor.fast import threads
@@ -129,7 +129,7 @@ def child_numpy(shape, args):
         for call in calls:
             call()
     variants = {"2 threads": lambda: run_all(whole)}
-    if threads.can_run_pair():                   # nn.DataParallel's way (tensor/threads.py)
+    if threads.can_run_pair():           # nn.DataParallel's way (tensor/fast/threads.py)
         variants["2 halves"] = lambda: threads.run_pair(lambda: run_all(first),
                                                         lambda: run_all(second))
     variants["ours step"], _, _, parallel = build_ours(shape)   # bench_train_step's step
@@ -171,7 +171,8 @@ def main(argv=None):
             for kind in (kinds if r % 2 == 0 else kinds[::-1]):
                 argv = [os.path.abspath(__file__), "--child", kind, "--shape", name,
                         "--passes", str(args.passes), "--threads", str(args.threads)]
-                children[kind].append(common.run_child(argv, common.thread_env(args.threads)))
+                env = (common.thread_env if kind == "torch" else common.ours_env)(args.threads)
+                children[kind].append(common.run_child(argv, env))
         results[name] = children
     report(results, args, load_before, common.load_average())
     return 0

@@ -1,14 +1,22 @@
 """The benchmark scripts run end to end (smoke size, our side only) and write the JSON
-that benchmarks/README.md quotes; the train-step pooling takes the median of all steps."""
+that benchmarks/README.md quotes; the train-step pooling takes the median of all steps; the
+full-val yardstick of bench_e2e is the mean cross-entropy it says; ab_commits pairs and
+compares two checkouts."""
 import json
+import math
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import ab_commits  # noqa: E402
+import bench_e2e  # noqa: E402
 import bench_train_step  # noqa: E402
 
 
@@ -28,6 +36,11 @@ def test_run_all_quick_writes_one_json_with_every_benchmark(tmp_path):
     assert 0 < ours["fraction_of_peak"] < 1
     e2e = results["e2e"]["results"]["ours"]
     assert e2e["final_iter"] == 20 and 0 < e2e["val_loss"] < 10
+    # the final checkpoint scored on every whole 64-token window of the val split
+    assert e2e["scored_iter"] == 20 and 0 < e2e["full_val_loss"] < 10
+    val_chars = len(text.read_text()) - int(0.9 * len(text.read_text()))
+    assert val_chars - 64 <= e2e["full_val_tokens"] < val_chars
+    assert e2e["full_val_tokens"] % 64 == 0
     assert "torch" not in results["train_step"]["results"]["XS"]
 
 
@@ -109,3 +122,150 @@ def test_steal_percent_is_the_stolen_share_of_the_cpu_time_between_two_readings(
     ticks = common.cpu_ticks()
     if os.path.exists("/proc/stat"):
         assert ticks[0] > 0 and 0 <= ticks[1] <= ticks[0]
+
+
+# ----- bench_e2e.full_split_loss: one yardstick for ours and nanoGPT's model --------------
+def test_uniform_logits_score_log_V_on_every_window():
+    ids = np.arange(1000) % 7
+    seen = []
+
+    def uniform(x):
+        seen.append(x.copy())
+        return np.zeros(x.shape + (7,), np.float32)
+    loss, tokens = bench_e2e.full_split_loss(uniform, ids, block_size=16, batch_size=5)
+    assert loss == pytest.approx(math.log(7), rel=1e-12)
+    assert tokens == (999 // 16) * 16                  # whole windows only, tail left out
+    windows = np.concatenate(seen)                     # (62, 16): s = 0, 16, 32, ...
+    assert windows.shape == (62, 16)
+    assert (windows == ids[:62 * 16].reshape(62, 16)).all()
+
+
+@given(st.lists(st.integers(0, 4), min_size=3, max_size=80), st.integers(1, 9),
+       st.integers(1, 4), st.integers(0, 2 ** 32 - 1))
+def test_full_split_loss_is_the_mean_next_token_cross_entropy(ids, T, batch, seed):
+    """A bigram table as the model: the loss equals the hand-summed -log softmax of every
+    target in the whole windows, whatever the batch size."""
+    ids = np.array(ids)
+    if len(ids) < T + 1:
+        with pytest.raises(ValueError):
+            bench_e2e.full_split_loss(lambda x: np.zeros(x.shape + (5,)), ids, T)
+        return
+    table = np.random.default_rng(seed).normal(0, 3, (5, 5))          # logits[current, next]
+    loss, tokens = bench_e2e.full_split_loss(lambda x: table[x], ids, T, batch_size=batch)
+    n = (len(ids) - 1) // T * T
+    log_p = table - np.log(np.exp(table).sum(axis=1, keepdims=True))
+    expected = -np.mean([log_p[ids[i], ids[i + 1]] for i in range(n)])
+    assert tokens == n and loss == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_val_ids_digest_tells_equal_splits_from_different_ones():
+    a = np.array([1, 2, 3], np.uint16)
+    assert bench_e2e.ids_digest(a) == bench_e2e.ids_digest(a.astype(np.int64))
+    assert bench_e2e.ids_digest(a) != bench_e2e.ids_digest(a[::-1])
+
+
+# ----- bench_train_step: ours as the CLI runs it, and --reference -------------------------
+@pytest.mark.parametrize("parallel", ["off", "on"])
+def test_the_timed_step_is_the_training_clis_step(parallel):
+    """build_ours's step (written out, see its docstring) leaves the same losses and weights
+    as tinygrad_gpt.train.step on the same model, batch and optimizer, bit for bit."""
+    import functools
+
+    import nn
+    from tinygrad_gpt import train
+    from tinygrad_gpt.settings import TrainConfig
+    shape = bench_train_step.SHAPES["XS"]
+    step, model, losses, is_parallel = bench_train_step.build_ours(shape, parallel)
+    assert is_parallel == (parallel == "on")
+    for _ in range(3):
+        step()
+    _, twin, _, _ = bench_train_step.build_ours(shape, "off")
+    opt = nn.AdamW(nn.decay_groups(twin.parameters(), bench_train_step.WEIGHT_DECAY),
+                   lr=bench_train_step.LR, betas=bench_train_step.BETAS)
+    fb = nn.DataParallel(twin).forward_backward if parallel == "on" else \
+        functools.partial(nn.forward_backward, twin)
+    x, y = bench_train_step.batch(shape)
+    config = TrainConfig(grad_clip=bench_train_step.CLIP)
+    cli_losses = [train.step(twin, opt, fb, x, y, bench_train_step.LR, config)
+                  for _ in range(3)]
+    assert losses == cli_losses
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert np.array_equal(p.data, q.data)
+
+
+def test_reference_children_run_with_the_fast_layer_off_and_the_clis_environment(monkeypatch):
+    calls = []
+
+    def fake_child(argv, env, timeout=None):
+        calls.append((argv, env))
+        return {"median_s": 1.0, "steal_pct": 0.0}
+    monkeypatch.setattr(bench_train_step.common, "run_child", fake_child)
+    monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
+    args = bench_train_step.parse_args(["--reference"])
+    for kind in ("ours", "reference", "torch"):
+        bench_train_step.run_child(kind, "S", args, 4)
+    (ours, ours_env), (ref, ref_env), (torch_argv, torch_env) = calls
+    assert ours[ours.index("--child") + 1] == "ours"
+    assert ref[ref.index("--child") + 1] == "reference"
+    assert ours_env["OPENBLAS_THREAD_TIMEOUT"] == ref_env["OPENBLAS_THREAD_TIMEOUT"] == "4"
+    assert "OPENBLAS_THREAD_TIMEOUT" not in torch_env
+
+
+def test_a_reference_child_times_the_reference_ops():
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks",
+                                                        "bench_train_step.py"),
+                           "--child", "reference", "--shape", "XS", "--steps", "1",
+                           "--warmup", "0", "--quick"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.splitlines()[-1].split(" ", 1)[1])
+    # fast layer off; --parallel auto then stays off, as in the CLI with TINYGRAD_GPT_FAST=0
+    assert result["fast"] is False and result["parallel"] is False
+
+
+# ----- ab_commits: two checkouts, taking turns --------------------------------------------
+def test_pairs_flip_the_order_and_the_ratio_is_the_median_of_the_pairs():
+    args = ab_commits.parse_args(["--before", ROOT, "--pairs", "4"])
+    order, times = [], {"before": iter([[1.0, 3.0], [2.0], [4.0], [1.0]]),
+                        "after": iter([[1.0], [3.0], [2.0], [1.5]])}
+
+    def measure(side):
+        order.append(side)
+        return {"times": next(times[side]), "peak_rss_mb": 10.0 if side == "before" else 9.0,
+                "load_at_start": 0.5, "process_steal_pct": None, "summary": ""}
+    runs = ab_commits.pairs(args, measure)
+    assert order == ["before", "after", "after", "before"] * 2
+    s = ab_commits.summarize(runs, lambda r: r["times"])
+    assert s["ratios"] == [0.5, 1.5, 0.5, 1.5]          # per pair: after / before medians
+    assert s["ratio"] == 1.0 and (s["ratio_min"], s["ratio_max"]) == (0.5, 1.5)
+    assert s["before"]["median"] == 2.0 and s["after"]["median"] == 1.75
+    assert s["before"]["peak_rss_mb"] == 10.0 and s["after"]["peak_rss_mb"] == 9.0
+    runs["after"][1]["error"] = "boom"                  # a pair with an error is left out
+    assert ab_commits.summarize(runs, lambda r: r["times"])["pairs"] == 3
+    assert ab_commits.same(runs, lambda r: r["peak_rss_mb"]) is False
+
+
+def test_children_get_their_own_tree_first_and_no_openblas_setting(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "1")
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    env = ab_commits.child_env("/trees/before", 2)
+    assert env["PYTHONPATH"] == "/trees/before" and "OPENBLAS_THREAD_TIMEOUT" not in env
+    assert env["OPENBLAS_NUM_THREADS"] == "2"
+
+
+def test_ab_quick_runs_each_trees_own_step_child(tmp_path):
+    out = tmp_path / "ab.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "ab_commits.py"),
+                           "--before", ROOT, "--after", ROOT, "--quick", "--json", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    step = json.loads(out.read_text())["step"]["XS"]
+    s = step["summary"]
+    assert s["pairs"] == 1 and s["ratio"] > 0 and s["same_losses"] is True
+    for side in ("before", "after"):
+        child = step[side][0]
+        assert child["imports"]["files"]["tensor"] == os.path.join(ROOT, "tensor",
+                                                                  "__init__.py")
+        assert child["imports"]["OPENBLAS_THREAD_TIMEOUT"] == "4"   # set by the child
+        assert child["imports"]["fast_enabled"] is True
+        assert child["peak_rss_mb"] > 0 and len(child["result"]["times_s"]) == 2
