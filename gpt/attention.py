@@ -7,11 +7,10 @@ seeing the future, so training can predict every next token of a sequence in one
 """
 import math
 
-import numpy as np
-
 import tensor.functional as F
 from nn import Dropout, Linear, Module
 from tensor import Tensor
+from tensor.attention import future as causal_future
 
 
 class KVCache:
@@ -55,8 +54,6 @@ class CausalSelfAttention(Module):
         self.attn_dropout = Dropout(config.dropout)
         self.resid_dropout = Dropout(config.dropout)
         self.fused = True
-        # future[t, s] is True when key s comes after query t: those scores are masked.
-        self.future = np.triu(np.ones((config.block_size, config.block_size), bool), k=1)
 
     def forward(self, x, cache=None):
         B, T, C = x.shape                                  # batch, time, channels
@@ -79,10 +76,10 @@ class CausalSelfAttention(Module):
 
     def attend_composed(self, q, k, v, past=0):
         """The attention core from engine ops: q (B, nh, T, hs), k and v (B, nh, L, hs)."""
-        hs, L = q.shape[3], k.shape[2]                     # L = past + T keys are visible
+        T, hs, L = q.shape[2], q.shape[3], k.shape[2]      # L = past + T keys are visible
         # (B, nh, T, hs) @ (B, nh, hs, L) -> (B, nh, T, L): every query against every key
         scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
-        future = self.future[past:L, :L]                   # queries are positions past..L-1
+        future = causal_future(T, L, past)                 # (T, L): key after the query
         if future.any():
             scores = scores.masked_fill(q.xp.asarray(future), -math.inf)
         weights = self.attn_dropout(F.softmax(scores, axis=-1))   # (B, nh, T, L)

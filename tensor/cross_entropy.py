@@ -5,9 +5,9 @@ Forward, for each kept row i (target t_i != ignore_index) of N_kept rows:
 
 Backward: d loss / d x_i = (softmax(x_i) - onehot(t_i)) / N_kept, and 0 for ignored rows.
 Fusing the three steps avoids ever forming log-probabilities for the whole vocabulary twice,
-and the backward is one subtraction on the saved probabilities.
+and the backward is one subtraction on the saved probabilities. With every row ignored
+(N_kept = 0) the loss is NaN (a mean over nothing) and the gradient is zero.
 """
-from .fast import threads
 from .tensor import Tensor, make
 
 
@@ -27,28 +27,17 @@ def cross_entropy(logits, targets, ignore_index=-1):
         raise IndexError(f"cross_entropy: targets must be in [0, {V}) or ignore_index "
                          f"({ignore_index}), got values from {int(t.min())} to {int(t.max())}")
     rows = xp.arange(x.shape[0])
-    probs = xp.empty_like(x)                                      # (N, V) softmax, saved
-    log_sum = xp.empty(x.shape[0], dtype=x.dtype)                 # (N,) log sum exp(shifted)
-    picked = xp.empty(x.shape[0], dtype=x.dtype)                  # (N,) shifted[i, t_i]
-
-    def forward_block(lo, hi):                                    # rows lo..hi-1
-        xb, pb = x[lo:hi], probs[lo:hi]
-        xp.subtract(xb, xb.max(axis=1, keepdims=True), out=pb)    # shifted: max 0 per row
-        picked[lo:hi] = pb[rows[:hi - lo], t[lo:hi]]
-        xp.exp(pb, out=pb)
-        sum_exp = pb.sum(axis=1, keepdims=True)                   # (rows, 1)
-        pb /= sum_exp                                             # softmax
-        xp.log(sum_exp[:, 0], out=log_sum[lo:hi])
-    threads.for_blocks(xp, x.shape[0], forward_block, threads.rows_per_block(V))
-    nll = log_sum - picked                                        # (N,) = -log p[target]
+    shifted = x - x.max(axis=1, keepdims=True)                    # (N, V), max 0 per row
+    exp = xp.exp(shifted)
+    sum_exp = exp.sum(axis=1)                                     # (N,)
+    probs = exp / sum_exp[:, None]                                # (N, V) softmax, saved
+    nll = xp.log(sum_exp) - shifted[rows, t]                      # (N,) = -log p[target]
     n_kept = int(keep.sum())
     loss = (nll * keep).sum() / n_kept if n_kept else xp.asarray(xp.nan, dtype=x.dtype)
 
     def backward(dy):
         scale = (keep * (dy / max(n_kept, 1))).astype(x.dtype)    # (N,) 0 on ignored rows
-        dx = xp.empty_like(probs)                                 # (N, V)
-        threads.for_blocks(xp, x.shape[0], lambda lo, hi: xp.multiply(
-            probs[lo:hi], scale[lo:hi, None], out=dx[lo:hi]), threads.rows_per_block(V))
-        dx[rows, t] -= scale                                      # probs * scale - onehot * scale
+        dx = probs * scale[:, None]                               # (N, V)
+        dx[rows, t] -= scale                                      # (probs - onehot) * scale
         return (dx.reshape(logits.shape),)
     return make(xp.asarray(loss, dtype=x.dtype), (logits,), "cross_entropy", backward)

@@ -14,7 +14,10 @@ from .tensor import Tensor, make
 
 
 def embedding(ids, weight):
-    """y = W[ids];   dW = scatter-add of dy rows into the rows named by ids"""
+    """y = W[ids];   dW = onehot(ids)^T @ dy, i.e. dW[v] = sum of dy[i] over every i with ids[i] = v
+
+    ids (...) -> y (..., C). The backward is scatter_add_rows below.
+    """
     ids = ids.data if isinstance(ids, Tensor) else weight.xp.asarray(ids)
     if ids.dtype.kind not in "iu":
         raise TypeError(f"embedding ids must be integers, got dtype {ids.dtype}")
@@ -35,18 +38,21 @@ ONE_HOT_MAX_ROWS = 1024   # up to this vocabulary size the scatter-add is a matm
 ONE_HOT_MAX_ELEMENTS = 1 << 22   # as long as the (N, V) one-hot stays small (16 MiB float32)
 
 
-def scatter_add_rows(xp, num_rows, ids, rows, out=None):
-    """out[ids[i]] += rows[i] for every i (ids may repeat); out (num_rows, C) is zeros when
-    not given, else added into in place. Returns out."""
-    if out is None:
-        out = xp.zeros((num_rows, rows.shape[1]), dtype=rows.dtype)
+def scatter_add_rows(xp, num_rows, ids, rows):
+    """out = onehot(ids)^T @ rows: out[v] = sum of rows[i] over every i with ids[i] = v.
+
+    ids (N,), rows (N, C) -> out (num_rows, C). Two ways to the same sums: the matrix
+    product itself while the (N, V) one-hot is small; else (NumPy) sort the ids so equal
+    ids sit together and add each run with np.add.reduceat, or (CuPy) cupyx.scatter_add.
+    """
+    out = xp.zeros((num_rows, rows.shape[1]), dtype=rows.dtype)       # (V, C)
     if ids.size == 0:
         return out
     if num_rows <= ONE_HOT_MAX_ROWS and ids.size * num_rows <= ONE_HOT_MAX_ELEMENTS:
         # Small vocabulary: out += onehot(ids)^T @ rows, one (V, N) @ (N, C) matrix product.
         onehot = xp.zeros((ids.size, num_rows), dtype=rows.dtype)   # (N, V)
         onehot[xp.arange(ids.size), ids] = 1
-        out += onehot.T @ rows
+        out += onehot.T @ rows                                      # (V, N) @ (N, C)
         return out
     if xp is np:
         order = np.argsort(ids, kind="stable")

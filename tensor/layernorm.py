@@ -9,15 +9,14 @@ Backward (dn = dy * w; means are over the row):
 The dx line is the chain rule through n = (x - mu) * rstd: the two mean terms are what
 flows back through mu and through rstd (see docs/backprop.md for the three-line derivation).
 """
-from .fast import threads
 from .tensor import make
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
-    """y = n * w + b, n = (x - mean) * rstd;   dx = rstd * (dn - mean(dn) - n * mean(dn * n)), dn = dy * w
+    """y = n * w + b, n = (x - mu) * rstd;   dx = rstd * (dn - mean(dn) - n * mean(dn * n)), dn = dy * w
 
-    Normalizes over the last axis; weight (w) and bias (b) may be None. dw = sum(dy * n),
-    db = sum(dy), summed over every axis but the last. Rows run in blocks on both cores.
+    Normalizes over the last axis; weight (w) and bias (b) may be None.
+    dw = sum(dy * n), db = sum(dy), summed over every axis but the last.
     """
     xp = x.xp
     C = x.shape[-1]
@@ -25,46 +24,23 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
         if p is not None and p.shape != (C,):
             raise ValueError(f"layer_norm {name} has shape {p.shape}, expected ({C},) to match "
                              f"the last axis of the input {x.shape}")
-    x2 = x.data.reshape(-1, C)                                    # (rows, C)
-    n, y = xp.empty_like(x2), xp.empty_like(x2)                   # n is saved for backward
-    rstd = xp.empty((x2.shape[0], 1), dtype=x2.dtype)             # (rows, 1), saved
-
-    def forward_block(lo, hi):                                    # rows lo..hi-1
-        xb, nb, rb, yb = x2[lo:hi], n[lo:hi], rstd[lo:hi], y[lo:hi]
-        xp.subtract(xb, xb.mean(axis=-1, keepdims=True), out=nb)  # centered x
-        var = xp.einsum("rc,rc->r", nb, nb)[:, None] / C          # no (rows, C) temporary
-        xp.sqrt(var + eps, out=rb)
-        xp.divide(1.0, rb, out=rb)                                # rstd = 1 / sqrt(var + eps)
-        nb *= rb                                                  # normalized
-        if weight is not None:
-            xp.multiply(nb, weight.data, out=yb)
-        else:
-            yb[...] = nb
-        if bias is not None:
-            yb += bias.data
-    threads.for_blocks(xp, x2.shape[0], forward_block, threads.rows_per_block(C))
+    centered = x.data - x.data.mean(axis=-1, keepdims=True)           # (..., C)
+    var = (centered * centered).mean(axis=-1, keepdims=True)          # (..., 1)
+    rstd = 1 / xp.sqrt(var + eps)                                     # (..., 1), saved
+    n = centered * rstd                                               # (..., C), saved
+    y = n if weight is None else n * weight.data
+    if bias is not None:
+        y = y + bias.data
     parents = tuple(t for t in (x, weight, bias) if t is not None)
 
-    def backward(dy):
-        dy2 = xp.ascontiguousarray(dy).reshape(-1, C)             # (rows, C)
-        dx = xp.empty_like(dy2)
-
-        def backward_block(lo, hi):
-            dn, nb = dx[lo:hi], n[lo:hi]                          # dn, turned into dx in place
-            if weight is not None:
-                xp.multiply(dy2[lo:hi], weight.data, out=dn)      # dn = dy * w
-            else:
-                dn[...] = dy2[lo:hi]
-            mean_dn = dn.mean(axis=-1, keepdims=True)             # (rows, 1)
-            mean_dn_n = xp.einsum("rc,rc->r", dn, nb)[:, None] / C    # (rows, 1)
-            dn -= mean_dn
-            dn -= nb * mean_dn_n
-            dn *= rstd[lo:hi]                                     # dx
-        threads.for_blocks(xp, dy2.shape[0], backward_block, threads.rows_per_block(C))
-        grads = [dx.reshape(x.shape)]
-        if weight is not None:
-            grads.append(xp.einsum("rc,rc->c", dy2, n) if weight.requires_grad else None)
+    def backward(dy):                                                 # dy (..., C)
+        dn = dy if weight is None else dy * weight.data
+        dx = rstd * (dn - dn.mean(axis=-1, keepdims=True)
+                     - n * (dn * n).mean(axis=-1, keepdims=True))
+        grads = [dx]
+        if weight is not None:                                        # (rows, C) -> (C,)
+            grads.append((dy * n).reshape(-1, C).sum(axis=0) if weight.requires_grad else None)
         if bias is not None:
-            grads.append(dy2.sum(axis=0) if bias.requires_grad else None)
+            grads.append(dy.reshape(-1, C).sum(axis=0) if bias.requires_grad else None)
         return tuple(grads)
-    return make(y.reshape(x.shape), parents, "layer_norm", backward)
+    return make(y, parents, "layer_norm", backward)

@@ -2,9 +2,10 @@
 
 Every op (elementwise.py, reduce.py, movement.py, matmul.py, and the fused ops gathered in
 functional.py) computes its output array and, when any input needs a gradient, hands `make`
-a `backward(dy)` closure that maps the output's gradient `dy` to one gradient per input. `Tensor.backward()` then
-visits the graph from the output back to the leaves and calls those closures in reverse
-topological order, summing gradients for tensors that were used more than once.
+a `backward(dy)` closure that maps the output's gradient `dy` to one gradient per input.
+`Tensor.backward()` then visits the graph from the output back to the leaves and calls
+those closures in reverse topological order, summing gradients for tensors that were used
+more than once. A backward only returns gradients; the engine alone writes `.grad`.
 
 What it does not do: higher-order gradients (a backward pass is not itself recorded), or
 in-place ops on tensors that are part of a graph.

@@ -1,5 +1,6 @@
-"""The CuPy backend: gradchecks on device='cuda', and NumPy and CuPy giving the same forward
-outputs and gradients for every op (float32 tolerance).
+"""The CuPy backend: gradchecks on device='cuda', NumPy and CuPy giving the same forward
+outputs and gradients for every op (float32 tolerance), and tensor/fast/'s kernels equal to
+the reference ops on CuPy too.
 
 Needs CuPy and an NVIDIA GPU; without them the GPU tests skip with the reason shown, while
 the case table they use is still checked to cover every public op and to run on the CPU.
@@ -9,6 +10,7 @@ import pytest
 
 import tensor
 import tensor.functional as F
+import test_fast_kernels
 from strategies import PUBLIC_OPS, away_from_zero, distinct, normal, positive
 from tensor import Tensor
 from tensor.backend import to_numpy
@@ -170,3 +172,17 @@ def test_cuda_tensors_stay_on_the_gpu_through_backward():
     y = F.gelu(t @ Tensor(np.ones((3, 2)), device="cuda")).sum()
     y.backward()
     assert isinstance(y.data, cupy.ndarray) and isinstance(t.grad, cupy.ndarray)
+
+
+@requires_gpu
+@pytest.mark.parametrize("name", sorted(test_fast_kernels.PAIRS))
+def test_fast_kernels_equal_the_reference_ops_on_cuda(name):
+    """The fast kernels on CuPy (one block each: the GPU is parallel already) against the
+    reference ops on CuPy, with tests/test_fast_kernels.py's cases and float32 tolerance."""
+    fast, reference, inputs, upstream = test_fast_kernels.fixed_cases()[name]
+    op, expected = test_fast_kernels.run(reference, inputs, np.float32, device="cuda",
+                                         upstream=upstream)
+    fast_op, got = test_fast_kernels.run(fast, inputs, np.float32, device="cuda",
+                                         upstream=upstream)
+    assert fast_op == op
+    test_fast_kernels.assert_close(got, expected, np.float32, f"{name} on cuda")

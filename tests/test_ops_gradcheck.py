@@ -23,7 +23,6 @@ from strategies import (GRAPH_NAMES, MAX_SIZE, PUBLIC_OPS, away_from_zero, axes_
                         broadcast_pairs, distinct, graph_ops, matmul_shapes, normal, positive,
                         reduced_count, rng_for, seeds, shapes, size_of)
 from tensor import Tensor
-from tensor import attention
 from tensor import embedding as embedding_module
 from tensor.gelu import gelu_erf
 from tensor.finite_differences import gradcheck
@@ -551,23 +550,18 @@ def np_attention(q, k, v, is_causal, offset, keep=None):
 @pytest.mark.parametrize("dropout_p", [0.0, 0.3])
 @given(batch=st.sampled_from([(1,), (2,), (1, 2), (2, 1)]), queries=st.integers(1, 3),
        keys=st.integers(1, 5), head_size=st.integers(1, 3), is_causal=st.booleans(),
-       chunk=st.sampled_from([1, 2, 64]), mask_seed=seeds, seed=seeds, data=st.data())
+       mask_seed=seeds, seed=seeds, data=st.data())
 def test_scaled_dot_product_attention_gradient(batch, queries, keys, head_size, is_causal,
-                                               chunk, dropout_p, mask_seed, seed, data):
+                                               dropout_p, mask_seed, seed, data):
     """q (B, nh, T, hs), k and v (B, nh, L, hs); causal with any offset of the first query
-    among the keys (a KV cache), or not; with dropout on the weights under a fixed seed;
-    query rows and keys in pieces of `chunk` (1 and 2: the pieces that skip future keys)."""
+    among the keys (a KV cache), or not; with dropout on the weights under a fixed seed.
+    (The fast kernel's pieces of query rows are checked in tests/test_fast_kernels.py.)"""
     offset = data.draw(st.integers(0, keys), label="offset")
 
     def fn(q, k, v):
         tensor.manual_seed(mask_seed)
-        before, attention.QUERY_CHUNK = attention.QUERY_CHUNK, chunk
-        try:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal,
-                                                  offset=offset, dropout_p=dropout_p,
-                                                  training=dropout_p > 0)
-        finally:
-            attention.QUERY_CHUNK = before
+        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, offset=offset,
+                                              dropout_p=dropout_p, training=dropout_p > 0)
     rng = rng_for(seed)
     q = normal(rng, batch + (queries, head_size), 1.5)
     k, v = (normal(rng, batch + (keys, head_size), 1.5) for _ in range(2))

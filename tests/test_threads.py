@@ -1,5 +1,6 @@
-"""tensor/threads.py: blocks cover the range once, errors come back, and no result depends
-on whether the blocks ran on one core or two (bitwise, for every op that uses them)."""
+"""tensor/fast/threads.py: blocks cover the range once, errors come back, and no result
+depends on whether the blocks ran on one core or two (bitwise, for every fast kernel that
+uses them: tensor/fast/)."""
 import os
 import subprocess
 import sys
@@ -10,10 +11,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import nn
-import tensor.functional as F
 from tensor import Tensor
-from tensor.fast import threads
+from tensor.fast import attention, cross_entropy, gelu, layernorm, threads
 
 
 @pytest.fixture
@@ -127,11 +126,10 @@ def _forward_backward(op, *shapes, seed=0):
 
 
 @pytest.mark.parametrize("name, run", [
-    ("gelu", _forward_backward(F.gelu, (3, 70001))),
-    ("layer_norm", _forward_backward(lambda x, w, b: F.layer_norm(x, w, b),
-                                     (4, 300, 384), (384,), (384,))),
+    ("gelu", _forward_backward(gelu.gelu, (3, 70001))),
+    ("layer_norm", _forward_backward(layernorm.layer_norm, (4, 300, 384), (384,), (384,))),
     ("attention", _forward_backward(
-        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+        lambda q, k, v: attention.scaled_dot_product_attention(q, k, v, is_causal=True),
         (2, 3, 160, 16), (2, 3, 160, 16), (2, 3, 160, 16))),
 ])
 def test_ops_are_bitwise_identical_on_one_or_two_threads(name, run, restore_threads):
@@ -148,26 +146,9 @@ def test_cross_entropy_is_bitwise_identical_on_one_or_two_threads(restore_thread
 
     def run():
         x = Tensor(logits.copy(), requires_grad=True)
-        loss = F.cross_entropy(x, targets)
+        loss = cross_entropy.cross_entropy(x, targets)
         loss.backward()
         return [loss.data, x.grad]
-    one, two = _run_both(run)
-    for a, b in zip(one, two):
-        assert np.array_equal(a, b)
-
-
-def test_adamw_step_is_bitwise_identical_on_one_or_two_threads(restore_threads):
-    def run():
-        rng = np.random.default_rng(5)
-        params = [nn.Parameter(rng.standard_normal(s).astype(np.float32))
-                  for s in ((300, 700), (700,), (5, 40000))]
-        opt = nn.AdamW(nn.decay_groups(params, 0.1), lr=1e-2)
-        for _ in range(3):
-            opt.zero_grad()
-            for p in params:
-                p.grad = rng.standard_normal(p.shape).astype(np.float32)
-            opt.step()
-        return [p.data.copy() for p in params] + [opt.m.copy(), opt.v.copy()]
     one, two = _run_both(run)
     for a, b in zip(one, two):
         assert np.array_equal(a, b)
@@ -180,8 +161,16 @@ def test_environment_variable_sets_the_default():
     assert out.stdout.strip() == "1", out.stderr
 
 
-def test_importing_tensor_first_sets_openblas_thread_timeout():
-    code = "import os, tensor; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == "4", out.stderr
+
+def test_importing_the_fast_layer_starts_no_thread_until_two_cores_are_asked_for():
+    """threads.py only reads TINYGRAD_GPT_THREADS on import: no helper thread, no fork hook,
+    and none from importing the kernels either, until for_blocks first splits work."""
+    code = "\n".join([
+        "import threading, numpy as np",
+        "from tensor.fast import attention, cross_entropy, gelu, layernorm, optim, threads",
+        "print(threading.active_count(), threads._helper is None, threads._fork_hook)",
+        "threads.set_threads(2)",
+        "threads.for_blocks(np, 4, lambda lo, hi: None, 1)",
+        "print(threading.active_count(), threads._helper is None, threads._fork_hook)"])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split("\n")[:2] == ["1 True False", "2 False True"], out.stderr

@@ -1,16 +1,7 @@
-"""Scaled dot-product attention as ONE fused op: y = softmax(q k^T * s + causal mask) v.
+"""Fast kernel for tensor/attention.py's op; same math, blocks on both cores (threads.py).
 
-The same computation can be written with five engine ops (matmul, mul, masked_fill,
-softmax, matmul; gpt/attention.py keeps that readable version and a test checks the two
-agree). Fused, it is one graph node that saves only the attention weights P, and its
-backward is four matrix products and a softmax backward:
-
-    S = q k^T s  (+ -inf above the diagonal)      P = softmax(S)       y = P v
-    dv = P^T dy          dP = dy v^T              dS = P * (dP - sum(dP * P))
-    dq = s dS k          dk = s dS^T q            (sums run along the key axis)
-
-With dropout on the weights (training), y = (P * m) v with m the scaled keep-mask, so
-dv = (P m)^T dy and dP = (dy v^T) * m before the softmax backward.
+The derivation (S, P, y and dv, dP, dS, dq, dk) is in tensor/attention.py. What is added
+here is only where the work goes:
 
 Causal attention never needs the scores above the diagonal, so the work goes in pieces of
 QUERY_CHUNK query rows: rows t0..t1-1 are multiplied with keys 0..e-1 only (the keys they
@@ -18,23 +9,25 @@ may see), which skips about 3/8 of the square at T = 256. The backward takes the
 products (dk, dv) in matching pieces of keys, each with only the query rows that see them.
 Every (query, key) pair that is read was computed; the rest of P is never touched.
 
-The heads run in blocks (threads.py), half of them on a second core, each block from its
-scores to its output while a piece's (rows x keys) weights are still in the L2 cache.
+q is scaled once (s q, T x hs) instead of the scores (T x L); dk = dS^T (s q) reuses it.
+The heads run in blocks, half of them on a second core, each block from its scores to its
+output while a piece's (rows x keys) weights are still in the L2 cache.
 """
 import math
 
 from .. import backend
 from . import threads
+from ..attention import causal_mask
 from ..tensor import make
 
-_masks = {}   # (T, L, offset, device) -> additive causal mask of 0 / -inf, built once
 QUERY_CHUNK = 64       # query rows per piece: a causal piece skips the keys in its future
 PIECE = 1 << 18        # floats in one piece's weights at most (1 MB): they stay in L2 cache
 
 
 def query_chunks(T, L, offset, is_causal):
     """[(t0, t1, e)]: pieces of QUERY_CHUNK query rows; rows t0..t1-1 see keys 0..e-1 only
-    (causal: query t sees key s when s <= t + offset), so keys e..L-1 are never computed."""
+    (causal: query t sees key u when u <= offset + t, tensor.attention.future), so keys
+    e..L-1 are never computed."""
     if not is_causal:
         return [(0, T, L)]
     return [(t0, min(t0 + QUERY_CHUNK, T), min(L, offset + t0 + QUERY_CHUNK))
@@ -52,23 +45,10 @@ def key_chunks(rows):
     return cols
 
 
-def causal_mask(xp, T, L, offset, device):
-    """(T, L) array: 0 where key s <= query t + offset may be seen, -inf in the future."""
-    key = (T, L, offset, device)
-    if key not in _masks:
-        t = xp.arange(T)[:, None] + offset                   # query positions
-        s = xp.arange(L)[None, :]                            # key positions
-        _masks[key] = xp.where(s > t, -math.inf, 0.0).astype(xp.float32)
-    return _masks[key]
-
-
 def scaled_dot_product_attention(q, k, v, is_causal=True, offset=0, dropout_p=0.0,
                                  training=False):
-    """y = softmax(q k^T / sqrt(hs) + mask) v;   dq = s dS k, dk = s dS^T q, dv = P^T dy
-
-    q (B, nh, T, hs), k and v (B, nh, L, hs) -> y (B, nh, T, hs). offset: position of the
-    first query among the keys (L - T when earlier keys come from a KV cache).
-    """
+    """tensor.attention.scaled_dot_product_attention, heads in blocks on both cores and
+    causal rows in pieces that skip their future keys."""
     xp = q.xp
     T, hs, L = q.shape[-2], q.shape[-1], k.shape[-2]
     scale = 1.0 / math.sqrt(hs)

@@ -1,18 +1,14 @@
-"""Cross-entropy loss from logits, fused with log_softmax and the mean over positions.
+"""Fast kernel for tensor/cross_entropy.py's op; same math, blocks on both cores (threads.py).
 
-Forward, for each kept row i (target t_i != ignore_index) of N_kept rows:
-    loss = mean_i ( logsumexp(x_i) - x_i[t_i] ) = mean_i ( -log softmax(x_i)[t_i] )
-
-Backward: d loss / d x_i = (softmax(x_i) - onehot(t_i)) / N_kept, and 0 for ignored rows.
-Fusing the three steps avoids ever forming log-probabilities for the whole vocabulary twice,
-and the backward is one subtraction on the saved probabilities.
+Rows in cache-sized blocks: the softmax written in place into one preallocated (N, V)
+array, the backward's scaling likewise; the derivation is in tensor/cross_entropy.py.
 """
 from . import threads
 from ..tensor import Tensor, make
 
 
 def cross_entropy(logits, targets, ignore_index=-1):
-    """loss = mean(-log softmax(logits)[target]);   dlogits = (probs - onehot) * dy / N_kept"""
+    """tensor.cross_entropy.cross_entropy, rows in blocks on both cores."""
     xp = logits.xp
     V = logits.shape[-1]
     targets = targets.data if isinstance(targets, Tensor) else xp.asarray(targets)

@@ -1,28 +1,19 @@
-"""GELU activation, GPT-2's tanh approximation by default, the exact erf form on request.
+"""Fast kernel for tensor/gelu.py's op; same math, blocks on both cores (threads.py).
 
-tanh form:  y = 0.5 x (1 + t),  t = tanh(u),  u = s (x + 0.044715 x^3),  s = sqrt(2 / pi)
-            dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) s (1 + 3 * 0.044715 x^2)
-erf form:   y = x Phi(x),  Phi(x) = 0.5 (1 + erf(x / sqrt(2)))
-            dy/dx = Phi(x) + x phi(x),  phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+The tanh form in cache-sized blocks of the flat array, each computed in place with no
+whole-array temporaries; the derivation is in tensor/gelu.py. The erf form (approximate=
+'none') and the argument check are the reference's.
 """
-import math
-
 from . import threads
+from ..gelu import K, S
+from ..gelu import gelu as reference_gelu
 from ..tensor import make
-
-S = math.sqrt(2.0 / math.pi)
-K = 0.044715
 
 
 def gelu(x, approximate="tanh"):
-    """y = 0.5 x (1 + t);   dx = dy * (0.5 (1 + t) + 0.5 x (1 - t^2) s (1 + 3k x^2))
-
-    The loops run over cache-sized blocks of the flat array, on both cores (threads.py).
-    """
-    if approximate == "none":
-        return gelu_erf(x)
+    """tensor.gelu.gelu, the tanh form in blocks on both cores."""
     if approximate != "tanh":
-        raise ValueError(f"gelu approximate={approximate!r}: use 'tanh' (GPT-2) or 'none' (erf)")
+        return reference_gelu(x, approximate)           # 'none' (erf), or the ValueError
     xp = x.xp
     a = xp.ascontiguousarray(x.data).reshape(-1)      # flat view of x
     t, y = xp.empty_like(a), xp.empty_like(a)         # t = tanh(u) is saved for backward
@@ -63,26 +54,3 @@ def gelu(x, approximate="tanh"):
         return (dx.reshape(x.shape),)
     y = y.reshape(x.shape)
     return make(y, (x,), "gelu", backward)
-
-
-def gelu_erf(x):
-    """y = x Phi(x);   dx = dy * (Phi(x) + x phi(x))"""
-    xp, a = x.xp, x.data
-    cdf = 0.5 * (1 + _erf(xp, a / math.sqrt(2.0)))
-    pdf = xp.exp(-0.5 * a * a) / math.sqrt(2 * math.pi)
-
-    def backward(dy):
-        return (dy * (cdf + a * pdf),)
-    return make(a * cdf, (x,), "gelu_erf", backward)
-
-
-def _erf(xp, a):
-    """erf elementwise: CuPy and SciPy have one; NumPy does not, so fall back to math.erf."""
-    if xp.__name__ == "cupy":
-        from cupyx.scipy.special import erf
-        return erf(a)
-    try:
-        from scipy.special import erf
-        return erf(a).astype(a.dtype, copy=False)
-    except ImportError:
-        return xp.asarray(xp.frompyfunc(math.erf, 1, 1)(a), dtype=a.dtype)   # 0-d safe

@@ -1,24 +1,14 @@
-"""Layer normalization over the last axis, one fused op (the saved n and rstd are reused).
+"""Fast kernel for tensor/layernorm.py's op; same math, blocks on both cores (threads.py).
 
-Forward, per row x of length C:
-    mu = mean(x),  rstd = 1 / sqrt(var(x) + eps),  n = (x - mu) * rstd,  y = n * w + b
-
-Backward (dn = dy * w; means are over the row):
-    dx = rstd * (dn - mean(dn) - n * mean(dn * n))
-    dw = sum over rows of dy * n,   db = sum over rows of dy
-The dx line is the chain rule through n = (x - mu) * rstd: the two mean terms are what
-flows back through mu and through rstd (see docs/backprop.md for the three-line derivation).
+Rows in cache-sized blocks, each normalized in place into preallocated n and y (the
+variance as an einsum, with no (rows, C) temporary); the derivation is in tensor/layernorm.py.
 """
 from . import threads
 from ..tensor import make
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
-    """y = n * w + b, n = (x - mean) * rstd;   dx = rstd * (dn - mean(dn) - n * mean(dn * n)), dn = dy * w
-
-    Normalizes over the last axis; weight (w) and bias (b) may be None. dw = sum(dy * n),
-    db = sum(dy), summed over every axis but the last. Rows run in blocks on both cores.
-    """
+    """tensor.layernorm.layer_norm, rows in blocks on both cores."""
     xp = x.xp
     C = x.shape[-1]
     for name, p in (("weight", weight), ("bias", bias)):

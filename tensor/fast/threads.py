@@ -78,8 +78,6 @@ def _forget_helper_after_fork():
     _helper, _in_use = None, threading.Lock()
 
 
-
-
 _fork_hook = False   # registered with the first helper thread, not on import
 
 
@@ -155,7 +153,6 @@ def run_pair(first, second):
 def _on_both(first, second, switch):
     """first() here and second() on the helper at the same time (the caller holds _in_use);
     OpenBLAS at one thread meanwhile when a switch is given. Returns both results."""
-    global _helper
     if _helper is None:
         _start_helper()
     results = [None, None]
