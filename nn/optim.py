@@ -4,7 +4,8 @@ Each parameter keeps its own arrays: an optimizer reads `p.data` and `p.grad` at
 step and keeps its state (AdamW's moments m and v) per parameter, made at the first step on
 the parameter's device. So the model, `model.to(device)` and the optimizer may be made in
 any order. The updates are whole-array math (adamw_update, below); tensor.fast registers a
-kernel that runs the same update in cache-sized blocks on both CPU cores.
+kernel that runs the same update over a whole parameter group in cache-sized pieces on both
+CPU cores.
 """
 import math
 
@@ -101,6 +102,13 @@ def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
     p -= (m / denominator) * (lr / (1 - beta1 ** t))                    # lr m_hat / ...
 
 
+def adamw_update_all(arrays, lr, beta1, beta2, eps, weight_decay, t):
+    """adamw_update for every (p, g, m, v) of a parameter group. (tensor.fast's kernel runs
+    the whole group as one set of cache-sized pieces shared by both cores.)"""
+    for p, g, m, v in arrays:
+        adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t)
+
+
 class AdamW(Optimizer):
     """Adam with decoupled weight decay (Loshchilov & Hutter), as torch.optim.AdamW; the
     update of each parameter is adamw_update above."""
@@ -110,16 +118,13 @@ class AdamW(Optimizer):
                                   "weight_decay": weight_decay}, ("m", "v"))
 
     def step(self):
-        update = dispatch.kernel("adamw_update", adamw_update)
+        update_all = dispatch.kernel("adamw_update_all", adamw_update_all)
         self.t += 1
         for group in self.param_groups:
-            (b1, b2) = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                s = self.state_of(p)
-                update(p.data, p.grad, s["m"], s["v"], group["lr"], b1, b2, group["eps"],
-                       group["weight_decay"], self.t)
+            b1, b2 = group["betas"]
+            arrays = [(p.data, p.grad, self.state_of(p)["m"], self.state_of(p)["v"])
+                      for p in group["params"] if p.grad is not None]      # (p, g, m, v)
+            update_all(arrays, group["lr"], b1, b2, group["eps"], group["weight_decay"], self.t)
 
 
 class SGD(Optimizer):

@@ -44,7 +44,7 @@ PAIRS = {
     "attention": (fast_attention.scaled_dot_product_attention,
                   reference_attention.scaled_dot_product_attention),
 }
-OPTIMIZER_KERNELS = {"adamw_update", "sum_of_squares", "scale_"}
+OPTIMIZER_KERNELS = {"adamw_update_all", "sum_of_squares", "scale_"}
 TOLERANCE = {np.float32: (1e-5, 1e-5), np.float64: (1e-10, 1e-12)}   # (rtol, atol)
 BLOCK = threads.BLOCK
 

@@ -20,7 +20,7 @@ from tensor.fast import optim as fast_optim
 from tensor.fast import threads
 from nn import (SGD, GELU, AdamW, Embedding, LayerNorm, Linear, Module, Parameter,
                 clip_grad_norm, decay_groups, get_lr)
-from nn.optim import adamw_update, scale_in_place, sum_of_squares
+from nn.optim import adamw_update, adamw_update_all, scale_in_place, sum_of_squares
 
 try:
     import torch
@@ -480,6 +480,37 @@ def test_fast_adamw_update_is_bitwise_equal_to_the_reference(shape, weight_decay
     adamw_update(ref[0], g, ref[1], ref[2], **AdamSettings, weight_decay=weight_decay, t=4)
     for a, b in zip(strided, ref):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("count", [1, 2])
+@pytest.mark.parametrize("split_min", [0, fast_optim.SPLIT_MIN])
+def test_fast_adamw_update_all_over_a_group_is_bitwise_equal_to_the_reference(
+        count, split_min, monkeypatch):
+    """A group of many arrays, small and big, one strided: the pieces are shared by the two
+    threads (split_min 0; a group this small stays on one core otherwise), and every element
+    still goes through the reference's operations."""
+    monkeypatch.setattr(fast_optim, "SPLIT_MIN", split_min)
+    rng = np.random.default_rng(8)
+    shapes = [(3,), (70, 90), (2 * threads.BLOCK + 11,), (1,), (128, 512), (40, 50)]
+    p0 = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    p0[-1] = p0[-1].T                                       # (50, 40), not C-contiguous
+    ours = [[a.copy(order="K"), np.zeros_like(a), np.zeros_like(a)] for a in p0]
+    ref = [[a.copy(order="K"), np.zeros_like(a), np.zeros_like(a)] for a in p0]
+    threads.set_threads(count)
+    try:
+        for t in range(1, 4):
+            grads = [rng.standard_normal(a.shape).astype(np.float32) for a in p0]
+            fast_optim.adamw_update_all([(p, g, m, v) for (p, m, v), g in zip(ours, grads)],
+                                        **AdamSettings, weight_decay=0.1, t=t)
+            adamw_update_all([(p, g, m, v) for (p, m, v), g in zip(ref, grads)],
+                             **AdamSettings, weight_decay=0.1, t=t)
+    finally:
+        threads.set_threads(2)
+    for a, b, start in zip(ours, ref, p0):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+        assert not np.array_equal(a[0], start)
+    fast_optim.adamw_update_all([], **AdamSettings, weight_decay=0.1, t=1)   # nothing to do
 
 
 def test_fast_optimizer_kernels_are_what_adamw_and_clipping_run(fast):

@@ -25,8 +25,8 @@ import os
 
 from .. import dispatch
 
-OPS = ("gelu", "layer_norm", "cross_entropy", "attention", "adamw_update", "sum_of_squares",
-       "scale_")
+OPS = ("gelu", "layer_norm", "cross_entropy", "attention", "adamw_update_all",
+       "sum_of_squares", "scale_")
 
 
 def enable(tune_malloc=True):
@@ -40,7 +40,8 @@ def enable(tune_malloc=True):
     kernels = {"gelu": gelu.gelu, "layer_norm": layernorm.layer_norm,
                "cross_entropy": cross_entropy.cross_entropy,
                "attention": attention.scaled_dot_product_attention,
-               "adamw_update": optim.adamw_update, "sum_of_squares": optim.sum_of_squares,
+               "adamw_update_all": optim.adamw_update_all,
+               "sum_of_squares": optim.sum_of_squares,
                "scale_": optim.scale_}
     for name in OPS:
         dispatch.register(name, kernels[name])
