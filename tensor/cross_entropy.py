@@ -11,8 +11,9 @@ and the backward is one subtraction on the saved probabilities. With every row i
 from .tensor import Tensor, make
 
 
-def cross_entropy(logits, targets, ignore_index=-1):
-    """loss = mean(-log softmax(logits)[target]);   dlogits = (probs - onehot) * dy / N_kept"""
+def rows_and_targets(logits, targets, ignore_index):
+    """The logits as rows x (N, V), the targets t (N,) with ignored ones set to 0, and keep
+    (N,), True where a target counts; a clear error for targets that do not fit."""
     xp = logits.xp
     V = logits.shape[-1]
     targets = targets.data if isinstance(targets, Tensor) else xp.asarray(targets)
@@ -26,6 +27,13 @@ def cross_entropy(logits, targets, ignore_index=-1):
     if t.size and (int(t.min()) < 0 or int(t.max()) >= V):
         raise IndexError(f"cross_entropy: targets must be in [0, {V}) or ignore_index "
                          f"({ignore_index}), got values from {int(t.min())} to {int(t.max())}")
+    return x, t, keep
+
+
+def cross_entropy(logits, targets, ignore_index=-1):
+    """loss = mean(-log softmax(logits)[target]);   dlogits = (probs - onehot) * dy / N_kept"""
+    xp = logits.xp
+    x, t, keep = rows_and_targets(logits, targets, ignore_index)  # (N, V), (N,), (N,)
     rows = xp.arange(x.shape[0])
     shifted = x - x.max(axis=1, keepdims=True)                    # (N, V), max 0 per row
     exp = xp.exp(shifted)

@@ -12,6 +12,16 @@ flows back through mu and through rstd (see docs/backprop.md for the three-line 
 from .tensor import make
 
 
+def check_affine(x, weight, bias):
+    """C, the last axis of x, after checking that weight and bias (or None) are (C,)."""
+    C = x.shape[-1]
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and p.shape != (C,):
+            raise ValueError(f"layer_norm {name} has shape {p.shape}, expected ({C},) to match "
+                             f"the last axis of the input {x.shape}")
+    return C
+
+
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
     """y = n * w + b, n = (x - mu) * rstd;   dx = rstd * (dn - mean(dn) - n * mean(dn * n)), dn = dy * w
 
@@ -19,11 +29,7 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
     dw = sum(dy * n), db = sum(dy), summed over every axis but the last.
     """
     xp = x.xp
-    C = x.shape[-1]
-    for name, p in (("weight", weight), ("bias", bias)):
-        if p is not None and p.shape != (C,):
-            raise ValueError(f"layer_norm {name} has shape {p.shape}, expected ({C},) to match "
-                             f"the last axis of the input {x.shape}")
+    C = check_affine(x, weight, bias)
     centered = x.data - x.data.mean(axis=-1, keepdims=True)           # (..., C)
     var = (centered * centered).mean(axis=-1, keepdims=True)          # (..., 1)
     rstd = 1 / xp.sqrt(var + eps)                                     # (..., 1), saved

@@ -4,24 +4,15 @@ Rows in cache-sized blocks: the softmax written in place into one preallocated (
 array, the backward's scaling likewise; the derivation is in tensor/cross_entropy.py.
 """
 from . import threads
-from ..tensor import Tensor, make
+from ..cross_entropy import rows_and_targets
+from ..tensor import make
 
 
 def cross_entropy(logits, targets, ignore_index=-1):
     """tensor.cross_entropy.cross_entropy, rows in blocks on both cores."""
     xp = logits.xp
     V = logits.shape[-1]
-    targets = targets.data if isinstance(targets, Tensor) else xp.asarray(targets)
-    if targets.shape != logits.shape[:-1]:
-        raise ValueError(f"cross_entropy: targets of shape {targets.shape} do not match "
-                         f"logits of shape {logits.shape} (expected {logits.shape[:-1]})")
-    x = logits.data.reshape(-1, V)                                # (N, V)
-    t = targets.reshape(-1)                                       # (N,)
-    keep = t != ignore_index                                      # (N,)
-    t = xp.where(keep, t, 0)
-    if t.size and (int(t.min()) < 0 or int(t.max()) >= V):
-        raise IndexError(f"cross_entropy: targets must be in [0, {V}) or ignore_index "
-                         f"({ignore_index}), got values from {int(t.min())} to {int(t.max())}")
+    x, t, keep = rows_and_targets(logits, targets, ignore_index)  # (N, V), (N,), (N,)
     rows = xp.arange(x.shape[0])
     probs = xp.empty_like(x)                                      # (N, V) softmax, saved
     log_sum = xp.empty(x.shape[0], dtype=x.dtype)                 # (N,) log sum exp(shifted)

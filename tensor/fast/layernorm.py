@@ -4,17 +4,14 @@ Rows in cache-sized blocks, each normalized in place into preallocated n and y (
 variance as an einsum, with no (rows, C) temporary); the derivation is in tensor/layernorm.py.
 """
 from . import threads
+from ..layernorm import check_affine
 from ..tensor import make
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
     """tensor.layernorm.layer_norm, rows in blocks on both cores."""
     xp = x.xp
-    C = x.shape[-1]
-    for name, p in (("weight", weight), ("bias", bias)):
-        if p is not None and p.shape != (C,):
-            raise ValueError(f"layer_norm {name} has shape {p.shape}, expected ({C},) to match "
-                             f"the last axis of the input {x.shape}")
+    C = check_affine(x, weight, bias)
     x2 = x.data.reshape(-1, C)                                    # (rows, C)
     n, y = xp.empty_like(x2), xp.empty_like(x2)                   # n is saved for backward
     rstd = xp.empty((x2.shape[0], 1), dtype=x2.dtype)             # (rows, 1), saved
