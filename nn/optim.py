@@ -122,8 +122,8 @@ class AdamW(Optimizer):
         self.t += 1
         for group in self.param_groups:
             b1, b2 = group["betas"]
-            arrays = [(p.data, p.grad, self.state_of(p)["m"], self.state_of(p)["v"])
-                      for p in group["params"] if p.grad is not None]      # (p, g, m, v)
+            arrays = [(p.data, p.grad, *self.state_of(p).values())   # (p, g, m, v)
+                      for p in group["params"] if p.grad is not None]
             update_all(arrays, group["lr"], b1, b2, group["eps"], group["weight_decay"], self.t)
 
 

@@ -13,9 +13,9 @@ from .. import backend
 from . import threads
 
 CHUNK = 1 << 16   # elements updated at a time: the update's temporaries stay in L2
-SPLIT_MIN = 1 << 21   # elements in a group below which AdamW stays on one core: with many
-                      # small parameters (nanoGPT's CPU size, 0.8M values in 35 arrays) the
-                      # two threads took turns at the GIL, 3.0-3.7 ms vs 2.7 ms on one
+SPLIT_MIN = 1 << 18   # elements in a group below which AdamW stays on one core: handing a
+                      # few thousand values (the LayerNorm gains' group) to the helper costs
+                      # more than it saves
 
 
 def _flat(*arrays):
@@ -64,6 +64,9 @@ def adamw_update_all(arrays, lr, beta1, beta2, eps, weight_decay, t):
         flat = _flat(p, g, m, v)
         if flat is None:                                # a strided array: in one piece
             pieces.append((p, g, m, v))
+            continue
+        if p.size <= CHUNK:
+            pieces.append(flat)
             continue
         for lo in range(0, p.size, CHUNK):
             pieces.append(tuple(a[lo:lo + CHUNK] for a in flat))
