@@ -465,8 +465,8 @@ def test_fast_adamw_update_is_bitwise_equal_to_the_reference(shape, weight_decay
     try:
         for t in range(1, 4):
             g = rng.standard_normal(shape).astype(np.float32)
-            fast_optim.adamw_update(*ours[:1], g, *ours[1:], **AdamSettings,
-                                    weight_decay=weight_decay, t=t)
+            fast_optim.adamw_update_all([(ours[0], g, ours[1], ours[2])], **AdamSettings,
+                                        weight_decay=weight_decay, t=t)
             adamw_update(*ref[:1], g, *ref[1:], **AdamSettings, weight_decay=weight_decay, t=t)
     finally:
         threads.set_threads(2)
@@ -475,8 +475,8 @@ def test_fast_adamw_update_is_bitwise_equal_to_the_reference(shape, weight_decay
     assert not np.array_equal(ours[0], p0)
     strided = [a.T.copy().T for a in ref]                   # same values, Fortran order
     g = rng.standard_normal(shape).astype(np.float32)
-    fast_optim.adamw_update(strided[0], g, strided[1], strided[2], **AdamSettings,
-                            weight_decay=weight_decay, t=4)
+    fast_optim.adamw_update_all([(strided[0], g, strided[1], strided[2])], **AdamSettings,
+                                weight_decay=weight_decay, t=4)
     adamw_update(ref[0], g, ref[1], ref[2], **AdamSettings, weight_decay=weight_decay, t=4)
     for a, b in zip(strided, ref):
         np.testing.assert_array_equal(a, b)

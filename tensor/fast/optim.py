@@ -1,6 +1,6 @@
-"""The optimizer's array work on both cores: nn/optim.py's adamw_update (one array) and
-adamw_update_all (a parameter group), and clip_grad_norm's sum of squares and scaling, in
-L2-sized blocks (threads.py).
+"""The optimizer's array work on both cores: nn/optim.py's adamw_update_all (a parameter
+group), and clip_grad_norm's sum of squares and scaling, in L2-sized blocks
+(threads.py).
 
 Each computes exactly what its reference computes (adamw_update: the same operations in
 the same order on every element, so the results are bitwise equal); sum_of_squares adds
@@ -23,11 +23,6 @@ def _flat(*arrays):
     if all(a.flags.c_contiguous for a in arrays):
         return [a.reshape(-1) for a in arrays]
     return None
-
-
-def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
-    """nn.optim.adamw_update, in blocks on both cores, with no whole-array temporaries."""
-    adamw_update_all([(p, g, m, v)], lr, beta1, beta2, eps, weight_decay, t)
 
 
 def adamw_update_all(arrays, lr, beta1, beta2, eps, weight_decay, t):
