@@ -18,13 +18,8 @@ def embedding(ids, weight):
 
     ids (...) -> y (..., C). The backward is scatter_add_rows below.
     """
-    ids = ids.data if isinstance(ids, Tensor) else weight.xp.asarray(ids)
-    if ids.dtype.kind not in "iu":
-        raise TypeError(f"embedding ids must be integers, got dtype {ids.dtype}")
+    ids = check_ids(ids, weight)
     V, C = weight.shape
-    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= V):
-        raise IndexError(f"embedding ids must be in [0, {V}), got values from "
-                         f"{int(ids.min())} to {int(ids.max())}")
     y = weight.data[ids]                                          # (..., C)
 
     def backward(dy):
@@ -34,8 +29,24 @@ def embedding(ids, weight):
     return make(y, (weight,), "embedding", backward)
 
 
+def check_ids(ids, weight):
+    """ids as an integer array on weight's device, each in [0, V) (else TypeError/IndexError)."""
+    ids = ids.data if isinstance(ids, Tensor) else weight.xp.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"embedding ids must be integers, got dtype {ids.dtype}")
+    V = weight.shape[0]
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= V):
+        raise IndexError(f"embedding ids must be in [0, {V}), got values from "
+                         f"{int(ids.min())} to {int(ids.max())}")
+    return ids
+
+
 ONE_HOT_MAX_ROWS = 1024   # up to this vocabulary size the scatter-add is a matmul,
 ONE_HOT_MAX_ELEMENTS = 1 << 22   # as long as the (N, V) one-hot stays small (16 MiB float32)
+
+
+def one_hot_is_small(num_rows, n):
+    return num_rows <= ONE_HOT_MAX_ROWS and n * num_rows <= ONE_HOT_MAX_ELEMENTS
 
 
 def scatter_add_rows(xp, num_rows, ids, rows):
@@ -48,12 +59,23 @@ def scatter_add_rows(xp, num_rows, ids, rows):
     out = xp.zeros((num_rows, rows.shape[1]), dtype=rows.dtype)       # (V, C)
     if ids.size == 0:
         return out
-    if num_rows <= ONE_HOT_MAX_ROWS and ids.size * num_rows <= ONE_HOT_MAX_ELEMENTS:
+    if one_hot_is_small(num_rows, ids.size):
         # Small vocabulary: out += onehot(ids)^T @ rows, one (V, N) @ (N, C) matrix product.
         onehot = xp.zeros((ids.size, num_rows), dtype=rows.dtype)   # (N, V)
         onehot[xp.arange(ids.size), ids] = 1
         out += onehot.T @ rows                                      # (V, N) @ (N, C)
         return out
+    add_rows_at(xp, out, ids, rows)
+    return out
+
+
+def add_rows_at(xp, out, ids, rows):
+    """out[ids[i]] += rows[i] for every i, an id used k times getting all k rows.
+
+    NumPy: sort the ids so equal ids sit together, sum each run with one np.add.reduceat
+    (fast, unlike np.add.at), then add each sum at its id (now unique). CuPy: scatter_add."""
+    if ids.size == 0:
+        return
     if xp is np:
         order = np.argsort(ids, kind="stable")
         sorted_ids = ids[order]
@@ -62,4 +84,3 @@ def scatter_add_rows(xp, num_rows, ids, rows):
     else:
         import cupyx
         cupyx.scatter_add(out, ids, rows)
-    return out

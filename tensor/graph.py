@@ -27,6 +27,7 @@ def topological_order(root):
 
 
 def finite(array):
+    array = getattr(array, "rows", array)        # a RowGradient (tensor/fast/embedding.py)
     return bool(backend.xp_of(array).isfinite(array).all())
 
 

@@ -254,8 +254,15 @@ def accumulate_grad(leaf, g, fresh):
     """leaf.grad += g: the only place a gradient is written into a tensor.
 
     The first gradient becomes .grad as it is when it is `fresh` (a new array that nothing
-    else holds, see is_fresh), else a copy of it, so .grad never aliases another array."""
-    if leaf.grad is not None:
+    else holds, see is_fresh), else a copy of it, so .grad never aliases another array.
+    g may also be a gradient kept sparse, as its rows (tensor/fast/embedding.py's
+    RowGradient): it adds itself into .grad in place, or is made dense if it comes first."""
+    if hasattr(g, "add_into"):
+        if leaf.grad is None:
+            leaf.grad = g.dense().astype(leaf.dtype, copy=False)
+        else:
+            g.add_into(leaf.grad)
+    elif leaf.grad is not None:
         leaf.grad += g
     elif fresh and g.dtype == leaf.dtype and g.shape == leaf.shape:
         leaf.grad = g

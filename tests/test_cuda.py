@@ -186,3 +186,24 @@ def test_fast_kernels_equal_the_reference_ops_on_cuda(name):
                                          upstream=upstream)
     assert fast_op == op
     test_fast_kernels.assert_close(got, expected, np.float32, f"{name} on cuda")
+
+
+@requires_gpu
+@pytest.mark.parametrize("V", [40, 3000])                  # one-hot product; scatter_add
+def test_fast_embedding_equals_the_reference_on_cuda(V):
+    """tensor/fast/embedding.py on CuPy, tied to a linear layer as GPT's token embedding is:
+    the embedding's rows added into the weight's existing gradient (cupyx.scatter_add's
+    atomic adds sum in any order, hence float32 tolerance)."""
+    from tensor import embedding as reference_embedding
+    from tensor.fast import embedding as fast_embedding
+    rng = np.random.default_rng(3)
+    ids = index(rng.integers(0, V, (4, 50)), "cuda")
+    w0, h, up = (rng.standard_normal(s).astype(np.float32) for s in ((V, 16), (7, 16), (7, V)))
+    grads = []
+    for embedding in (reference_embedding.embedding, fast_embedding.embedding):
+        w = Tensor(w0, requires_grad=True, device="cuda")
+        loss = (F.linear(Tensor(h, device="cuda"), w) * Tensor(up, device="cuda")).sum() \
+            + embedding(ids, w).sum()
+        loss.backward()
+        grads.append(to_numpy(w.grad))
+    np.testing.assert_allclose(grads[1], grads[0], **FLOAT32)

@@ -10,6 +10,8 @@ reference op it replaces, forward and backward):
     gelu.py, layernorm.py, cross_entropy.py, attention.py
                       the same ops in cache-sized blocks on both cores; attention skips the
                       causal future in pieces of query rows
+    embedding.py      the embedding's gradient as its rows, added into a tied weight's
+                      .grad in place instead of as a (V, C) array of zeros
     optim.py          the AdamW update and the gradient-norm sum in blocks on both cores
     memory.py         glibc's malloc keeps freed memory (no page faults from step to step)
 
@@ -25,7 +27,7 @@ import os
 
 from .. import dispatch
 
-OPS = ("gelu", "layer_norm", "cross_entropy", "attention", "adamw_update_all",
+OPS = ("gelu", "layer_norm", "cross_entropy", "attention", "embedding", "adamw_update_all",
        "sum_of_squares", "scale_")
 
 
@@ -34,12 +36,13 @@ def enable(tune_malloc=True):
     memory in malloc: memory.py). Returns False, changing nothing, when TINYGRAD_GPT_FAST=0."""
     if os.environ.get("TINYGRAD_GPT_FAST", "1") == "0":
         return False
-    from . import attention, cross_entropy, gelu, layernorm, memory, optim
+    from . import attention, cross_entropy, embedding, gelu, layernorm, memory, optim
     if tune_malloc:
         memory.keep_freed_memory()
     kernels = {"gelu": gelu.gelu, "layer_norm": layernorm.layer_norm,
                "cross_entropy": cross_entropy.cross_entropy,
                "attention": attention.scaled_dot_product_attention,
+               "embedding": embedding.embedding,
                "adamw_update_all": optim.adamw_update_all,
                "sum_of_squares": optim.sum_of_squares,
                "scale_": optim.scale_}
