@@ -1,13 +1,15 @@
 """nn: neural-network modules and optimizers built only from `tensor` ops.
 
-Reading order: module.py (Module, Parameter, state_dict), layers.py (Linear, Embedding,
-LayerNorm, Dropout, GELU), optim.py (AdamW, SGD, clip_grad_norm, get_lr), then parallel.py
-(DataParallel: the two halves of a batch on the two CPU cores).
+Reading order: module.py (Module, Parameter, state_dict, freeze/unfreeze), layers.py
+(Linear, Embedding, LayerNorm, Dropout, GELU), optim.py (AdamW, SGD, clip_grad_norm,
+get_lr), then parallel.py (DataParallel: the two halves of a batch on the two CPU cores).
 """
 from .layers import GELU, Dropout, Embedding, LayerNorm, Linear
+from .lora import LoRALinear, apply_lora, merge_lora
 from .module import Module, ModuleList, Parameter, forward_backward, module_scopes
 from .optim import SGD, AdamW, clip_grad_norm, decay_groups, get_lr
 from .parallel import DataParallel
 
 __all__ = ["Module", "ModuleList", "Parameter", "forward_backward", "module_scopes", "Linear", "Embedding", "LayerNorm", "Dropout",
-           "GELU", "AdamW", "SGD", "clip_grad_norm", "decay_groups", "get_lr", "DataParallel"]
+           "GELU", "AdamW", "SGD", "clip_grad_norm", "decay_groups", "get_lr", "DataParallel",
+           "LoRALinear", "apply_lora", "merge_lora"]

@@ -4,7 +4,13 @@ A module's parameters and submodules are simply its attributes, found in the ord
 were assigned (no registration calls, no metaclass): a Parameter attribute is a parameter,
 a Module attribute is a submodule, and names are dotted paths ("blocks.0.attn.query.weight").
 A Parameter reachable twice (a tied weight) is listed once, under its first name.
+
+Freezing (fine-tuning a few layers): `model.freeze("blocks.0", "token_embedding")` sets
+requires_grad False on those parameters, `unfreeze` back; backward then computes nothing
+for them, and the optimizers (optim.py) keep state only for trainable parameters.
 """
+import difflib
+
 from tensor import Tensor, backend
 
 
@@ -94,7 +100,53 @@ class Module:
         return [p for _, p in self.named_parameters()]
 
     def num_parameters(self):
+        """Values (elements) in every parameter, frozen or not."""
         return sum(p.size for p in self.parameters())
+
+    def num_trainable_parameters(self):
+        """Values in the parameters that train (requires_grad True): what an optimizer made
+        now holds state for."""
+        return sum(p.size for p in self.parameters() if p.requires_grad)
+
+    # ----- freezing ---------------------------------------------------------------------
+    def freeze(self, *names):
+        """Stop training the named parameters: requires_grad = False and .grad = None, so
+        backward computes no gradient for them (their ops skip those products) and an
+        optimizer made afterwards holds no state for them. Returns how many values
+        (elements) changed from trainable to frozen.
+
+        names: parameter-name prefixes as named_parameters() prints them, matched on whole
+        dotted components: "blocks.1" is every parameter under blocks.1 ("blocks.1.attn.
+        query.weight"), not blocks.11's; a full name is one parameter. No names: every
+        parameter. A name that matches nothing is a ValueError listing close valid ones,
+        and then nothing is changed. A tied weight is one parameter, under its first name.
+        """
+        return self._set_trainable(names, False, "freeze")
+
+    def unfreeze(self, *names):
+        """Train the named parameters again (requires_grad = True); names as in freeze().
+        Returns how many values changed from frozen to trainable. Build a new optimizer
+        afterwards: one made before holds no state for them."""
+        return self._set_trainable(names, True, "unfreeze")
+
+    def _set_trainable(self, names, trainable, caller):
+        params = self.named_parameters()
+        for name in names:
+            if not isinstance(name, str):
+                raise TypeError(f"{caller}: names are strings like 'blocks.0', got {name!r}")
+            if not any(under(full, name) for full, _ in params):
+                raise ValueError(f"{caller}: no parameter is named {name!r} or lies under "
+                                 f"it; {close_names(name, params)}")
+        changed = 0
+        for full, p in params:
+            if names and not any(under(full, name) for name in names):
+                continue
+            if p.requires_grad != trainable:
+                changed += p.size
+            p.requires_grad = trainable
+            if not trainable:
+                p.grad = None
+        return changed
 
     # ----- modes, gradients, devices ----------------------------------------------------
     def train(self, mode=True):
@@ -176,6 +228,25 @@ class ModuleList(Module):
     def append(self, module):
         setattr(self, str(len(self)), module)
         return self
+
+
+def under(full, name):
+    """True when parameter name `full` is `name` or lies under it, whole dotted components
+    compared: under("blocks.1.attn.query.weight", "blocks.1") but not "blocks.11..."."""
+    return full == name or full.startswith(name + ".")
+
+
+def close_names(name, params):
+    """The valid names nearest to `name` (every dotted prefix of a parameter's name), for
+    an error message; the top-level names when none is close."""
+    prefixes = sorted({".".join(full.split(".")[:i + 1]) for full, _ in params
+                       for i in range(full.count(".") + 1)})
+    close = difflib.get_close_matches(name, prefixes, n=5, cutoff=0.6)
+    if close:
+        return "did you mean " + ", ".join(close) + "?"
+    top = list(dict.fromkeys(full.split(".")[0] for full, _ in params))
+    return ("names are dotted paths as named_parameters() prints them, under: "
+            + (", ".join(top) if top else "(this module has no parameters)"))
 
 
 def forward_backward(model, x, y, scale=1.0):

@@ -3,9 +3,10 @@
 Each parameter keeps its own arrays: an optimizer reads `p.data` and `p.grad` at every
 step and keeps its state (AdamW's moments m and v) per parameter, made at the first step on
 the parameter's device. So the model, `model.to(device)` and the optimizer may be made in
-any order. The updates are whole-array math (adamw_update, below); tensor.fast registers a
-kernel that runs the same update over a whole parameter group in cache-sized pieces on both
-CPU cores.
+any order. Frozen parameters (requires_grad False) get no state at all: the memory of
+an optimizer is proportional to the trainable parameters. The updates are whole-array
+math (adamw_update, below); tensor.fast registers a kernel that runs the same update over
+a whole parameter group in cache-sized pieces on both CPU cores.
 """
 import math
 
@@ -15,22 +16,34 @@ from tensor import backend, dispatch
 
 
 class Optimizer:
-    """Parameter groups (dicts with "params" and settings) and per-parameter state."""
+    """Parameter groups (dicts with "params" and settings) and per-parameter state.
+
+    Only trainable parameters (requires_grad True when the optimizer is made) are kept:
+    frozen ones are left out of the groups, the state and state_dict. Freezing or
+    unfreezing later means making a new optimizer."""
 
     def __init__(self, params, defaults, state_names):
         groups = list(params)
         if groups and not isinstance(groups[0], dict):
             groups = [{"params": groups}]
-        self.param_groups, self.params, seen = [], [], set()
+        self.param_groups, self.params, seen, frozen = [], [], set(), 0
         for group in groups:
             unique = []
             for p in group["params"]:          # each parameter once, even if listed twice
-                if id(p) not in seen:
-                    seen.add(id(p))
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+                if p.requires_grad:            # a frozen parameter gets no state at all
                     unique.append(p)
+                else:
+                    frozen += 1
             if unique:
                 self.param_groups.append({**defaults, **group, "params": unique})
                 self.params.extend(unique)
+        if not self.params and frozen:
+            raise ValueError(f"optimizer got only frozen parameters ({frozen} of them, all "
+                             "requires_grad=False): nothing to train; unfreeze some "
+                             "(model.unfreeze(...)) before making the optimizer")
         if not self.params:
             raise ValueError("optimizer got an empty parameter list")
         self.state_names = state_names     # the arrays kept per parameter, e.g. ("m", "v")
@@ -57,7 +70,8 @@ class Optimizer:
 
     def state_dict(self):
         """{"t": steps, name: every parameter's array end to end, in parameter order}
-        (zeros for a parameter not stepped yet), the layout checkpoints store."""
+        (zeros for a parameter not stepped yet), the layout checkpoints store: the
+        trainable parameters only, so its arrays have num_trainable_parameters() values."""
         out = {"t": self.t}
         for name in self.state_names:
             parts = [backend.to_numpy(self.state_of(p)[name]).reshape(-1) for p in self.params]
@@ -73,7 +87,8 @@ class Optimizer:
             if tuple(state[name].shape) != (total,):
                 raise ValueError(f"optimizer state '{name}' has shape "
                                  f"{tuple(state[name].shape)}, but the parameters need "
-                                 f"({total},): a different model?")
+                                 f"({total},): a different model, or other "
+                                 "parameters frozen?")
         self.t = int(state["t"])
         start = 0
         for p in self.params:
@@ -154,8 +169,13 @@ class SGD(Optimizer):
 
 def decay_groups(params, weight_decay):
     """nanoGPT's parameter groups: 2-D+ weights (matmuls, embeddings) decay; biases and
-    LayerNorm gains (1-D) do not."""
+    LayerNorm gains (1-D) do not. Frozen parameters (requires_grad False) are left out."""
     params = list(params)
+    if params and not any(p.requires_grad for p in params):
+        raise ValueError(f"decay_groups got only frozen parameters ({len(params)} of them, all "
+                         "requires_grad=False): nothing to train; unfreeze some "
+                         "(model.unfreeze(...)) before making the optimizer")
+    params = [p for p in params if p.requires_grad]
     return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
 
@@ -166,7 +186,8 @@ def clip_grad_norm(params, max_norm):
         norm = sqrt(sum over every gradient of sum(g^2)),   g <- g * max_norm / (norm + 1e-6)
 
     (only when that factor is below 1). Returns the norm before clipping, as
-    torch.nn.utils.clip_grad_norm_ does.
+    torch.nn.utils.clip_grad_norm_ does. Parameters without a gradient (frozen ones, or
+    ones the loss did not reach) count for nothing.
     """
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:

@@ -26,6 +26,8 @@ def embedding(ids, weight):
         flat_ids, rows = ids.reshape(-1), dy.reshape(-1, C)     # (N,), (N, C)
         return (scatter_add_rows(weight.xp, V, flat_ids, rows),)  # (V, C)
 
+    # weight is the only parent (ids get no gradient): for a frozen weight (requires_grad
+    # False) make records no backward, so dW is never computed.
     return make(y, (weight,), "embedding", backward)
 
 

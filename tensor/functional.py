@@ -4,6 +4,7 @@ Each lives in its own file with its forward and hand-derived backward side by si
     softmax, log_softmax  -> softmax.py        layer_norm    -> layernorm.py
     gelu                  -> gelu.py           embedding     -> embedding.py
     cross_entropy         -> cross_entropy.py  linear        -> linear.py
+    lora_linear (LoRA: linear + a low-rank update) -> lora.py
     scaled_dot_product_attention -> attention.py                  dropout -> here
 
 Those files are the reference: what runs unless tensor.fast has registered a faster kernel
@@ -16,6 +17,7 @@ from .embedding import embedding as reference_embedding
 from .gelu import gelu as reference_gelu
 from .layernorm import layer_norm as reference_layer_norm
 from .linear import linear
+from .lora import lora_linear
 from .softmax import log_softmax, softmax
 from .tensor import make
 
@@ -35,7 +37,7 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
     return dispatch.kernel("layer_norm", reference_layer_norm)(x, weight, bias, eps)
 
 
-def cross_entropy(logits, targets, ignore_index=-1):
+def cross_entropy(logits, targets, ignore_index=-100):
     """Mean cross-entropy of logits against integer targets (cross_entropy.py)."""
     return dispatch.kernel("cross_entropy", reference_cross_entropy)(logits, targets,
                                                                      ignore_index)
@@ -64,4 +66,4 @@ def dropout(x, p=0.1, training=True):
 
 
 __all__ = ["softmax", "log_softmax", "layer_norm", "gelu", "embedding", "cross_entropy",
-           "linear", "scaled_dot_product_attention", "dropout"]
+           "linear", "lora_linear", "scaled_dot_product_attention", "dropout"]

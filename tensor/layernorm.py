@@ -40,9 +40,13 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
     parents = tuple(t for t in (x, weight, bias) if t is not None)
 
     def backward(dy):                                                 # dy (..., C)
-        dn = dy if weight is None else dy * weight.data
-        dx = rstd * (dn - dn.mean(axis=-1, keepdims=True)
-                     - n * (dn * n).mean(axis=-1, keepdims=True))
+        # Each gradient only for a parent that requires one (a frozen weight or bias, or an
+        # input computed from frozen layers only, gets None and costs nothing).
+        dx = None
+        if x.requires_grad:
+            dn = dy if weight is None else dy * weight.data
+            dx = rstd * (dn - dn.mean(axis=-1, keepdims=True)
+                         - n * (dn * n).mean(axis=-1, keepdims=True))
         grads = [dx]
         if weight is not None:                                        # (rows, C) -> (C,)
             grads.append((dy * n).reshape(-1, C).sum(axis=0) if weight.requires_grad else None)

@@ -23,7 +23,7 @@ PUBLIC_OPS = (
     # movement.py
     "reshape", "transpose", "permute", "getitem", "masked_fill", "cat", "stack", "split",
     # matmul.py and the fused ops of tensor.functional
-    "matmul", "linear", "softmax", "log_softmax", "layer_norm", "gelu", "gelu_erf",
+    "matmul", "linear", "lora_linear", "softmax", "log_softmax", "layer_norm", "gelu", "gelu_erf",
     "embedding", "cross_entropy", "scaled_dot_product_attention", "dropout",
 )
 

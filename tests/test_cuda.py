@@ -71,6 +71,9 @@ CASES = {
                                                 axis=1), [normal(r, (2, 3))]),
     "matmul": lambda r, d: (lambda a, b: a @ b, [normal(r, (2, 1, 3, 4)), normal(r, (5, 4, 2))]),
     "linear": lambda r, d: (F.linear, [normal(r, (2, 3, 4)), normal(r, (5, 4)), normal(r, (5,))]),
+    "lora_linear": lambda r, d: (lambda x, w, b, a, bb: F.lora_linear(x, w, b, a, bb, 1.5),
+                                 [normal(r, (2, 3, 4)), normal(r, (5, 4)), normal(r, (5,)),
+                                  normal(r, (2, 4)), normal(r, (5, 2))]),
     "softmax": lambda r, d: (lambda a: F.softmax(a, axis=0), [normal(r, (3, 4), 2.0)]),
     "log_softmax": lambda r, d: (F.log_softmax, [normal(r, (3, 4), 2.0)]),
     "layer_norm": lambda r, d: (F.layer_norm,
@@ -80,7 +83,7 @@ CASES = {
     "embedding": lambda r, d: (lambda w: F.embedding(index([[0, 3, 3], [4, 0, 3]], d), w),
                                [normal(r, (5, 3))]),
     "cross_entropy": lambda r, d: (
-        lambda x: F.cross_entropy(x, index([[1, -1, 4], [0, 2, -1]], d)),
+        lambda x: F.cross_entropy(x, index([[1, -100, 4], [0, 2, -100]], d)),
         [normal(r, (2, 3, 5), 2.0)]),
     "scaled_dot_product_attention": lambda r, d: (
         F.scaled_dot_product_attention, [normal(r, (1, 2, 3, 4)) for _ in range(3)]),

@@ -193,7 +193,7 @@ def test_layer_norm_rejects_the_same_bad_weight():
        targets_as_tensor=st.booleans(), dtype=dtypes, seed=seeds)
 def test_cross_entropy_matches_the_reference(size, lead, data, ignored, ignore_index,
                                              targets_as_tensor, dtype, seed):
-    """Ignored targets (none, some, all: then the loss is NaN and the gradient zero); rows in
+    """Ignored targets (none, some, all: then both raise the same ValueError); rows in
     several blocks (rows_per_block(1000) = 65, rows_per_block(20001) = 3)."""
     if size == "small":
         rows, vocab = data.draw(st.integers(1, 9)), data.draw(st.integers(1, 9))
@@ -204,16 +204,36 @@ def test_cross_entropy_matches_the_reference(size, lead, data, ignored, ignore_i
     logits = normal(rng, lead + (vocab,), dtype, 3.0)
     targets = rng.integers(0, vocab, lead)
     targets[rng.random(lead) < ignored] = ignore_index
+    n_kept = int((targets != ignore_index).sum())
     if targets_as_tensor:
         targets = Tensor(targets)
-    n_kept = int((np.asarray(getattr(targets, "data", targets)) != ignore_index).sum())
     fast, reference = PAIRS["cross_entropy"]
+    if n_kept == 0:                                 # every target ignored: nothing to average
+        messages = []
+        for cross_entropy in (fast, reference):
+            with pytest.raises(ValueError, match="every target equals ignore_index") as raised:
+                cross_entropy(Tensor(logits, requires_grad=True), targets, ignore_index)
+            messages.append(str(raised.value))
+        assert messages[0] == messages[1] and f"({ignore_index})" in messages[0]
+        return
     loss, grad = check_kernel(                      # upstream N_kept: dlogits = p - onehot
         "cross_entropy", lambda x: fast(x, targets, ignore_index),
         lambda x: reference(x, targets, ignore_index), [logits], dtype, seed,
-        upstream=max(n_kept, 1))
-    if ignored == 1.0:
-        assert np.isnan(loss) and not grad.any()
+        upstream=n_kept)
+    ignored_rows = (np.asarray(getattr(targets, "data", targets)) == ignore_index)
+    assert not grad[ignored_rows].any()
+
+
+def test_cross_entropy_default_ignore_index_is_minus_100_in_both():
+    """-100 is ignored without naming it (PyTorch's default); -1 is then a bad target."""
+    logits = np.random.default_rng(0).standard_normal((4, 5))
+    targets = np.array([1, -100, 3, -100])
+    for cross_entropy in PAIRS["cross_entropy"]:
+        loss = cross_entropy(Tensor(logits, dtype=np.float64), targets).item()
+        expected = cross_entropy(Tensor(logits[[0, 2]], dtype=np.float64), targets[[0, 2]])
+        assert np.isclose(loss, expected.item(), rtol=1e-15, atol=0)
+        with pytest.raises(IndexError, match=r"ignore_index \(-100\)"):
+            cross_entropy(Tensor(logits), np.array([1, -1, 3, 0]))
 
 
 def test_cross_entropy_rejects_the_same_bad_targets():
@@ -297,7 +317,7 @@ def fixed_cases(dtype=np.float32):
     big enough for several blocks (the CuPy comparison in test_cuda.py uses them too)."""
     rng = np.random.default_rng(7)
     targets = rng.integers(0, 3000, (4, 30))
-    targets[0, :5] = -1
+    targets[0, :5] = -100                       # ignored: the default ignore_index
     attention_args = (True, 0, 0.2, True)
     return {
         "gelu": (*PAIRS["gelu"], [normal(rng, (3, BLOCK + 5), dtype, 3.0)], None),
@@ -306,7 +326,7 @@ def fixed_cases(dtype=np.float32):
                                                normal(rng, (384,), dtype)], None),
         "cross_entropy": (lambda x: PAIRS["cross_entropy"][0](x, targets),
                           lambda x: PAIRS["cross_entropy"][1](x, targets),
-                          [normal(rng, (4, 30, 3000), dtype, 3.0)], int((targets != -1).sum())),
+                          [normal(rng, (4, 30, 3000), dtype, 3.0)], int((targets != -100).sum())),
         "attention": (lambda q, k, v: PAIRS["attention"][0](q, k, v, *attention_args),
                       lambda q, k, v: PAIRS["attention"][1](q, k, v, *attention_args),
                       [normal(rng, (2, 3, 150, 16), dtype) for _ in range(3)], None),

@@ -145,13 +145,28 @@ def test_cross_entropy_ignored_rows_change_nothing_and_get_zero_gradient(
     assert np.any(grad[~ignored] != 0)
 
 
-def test_cross_entropy_with_every_row_ignored_is_nan_with_zero_gradient():
-    """As in PyTorch: the mean over no rows is NaN, and no row gets any gradient."""
-    logits = f64(normal(rng_for(0), (3, 4)), requires_grad=True)
-    loss = F.cross_entropy(logits, np.full(3, -100), ignore_index=-100)
-    assert np.isnan(loss.item())
-    loss.backward()
-    np.testing.assert_array_equal(logits.grad, np.zeros((3, 4)))
+@pytest.mark.parametrize("ignore_index", [-100, -1, 3])
+def test_cross_entropy_with_every_row_ignored_is_a_clear_error_not_nan(ignore_index):
+    """Unlike PyTorch (NaN), a mean over no rows is a ValueError naming ignore_index, for
+    any ignore_index, with no graph made."""
+    logits = f64(normal(rng_for(0), (2, 3, 4)), requires_grad=True)
+    targets = np.full((2, 3), ignore_index)
+    with pytest.raises(ValueError, match=rf"every target equals ignore_index \({ignore_index}\)"
+                       r": nothing to average"):
+        F.cross_entropy(logits, targets, ignore_index=ignore_index)
+
+
+def test_cross_entropy_with_no_targets_at_all_is_a_clear_error():
+    with pytest.raises(ValueError, match="no targets"):
+        F.cross_entropy(f64(np.zeros((0, 5)), requires_grad=True), np.zeros(0, dtype=int))
+
+
+def test_cross_entropy_default_ignore_index_is_pytorchs_minus_100():
+    """-100 targets are skipped without naming ignore_index; one kept row is its own nll."""
+    logits = normal(rng_for(1), (3, 5))
+    loss = F.cross_entropy(f64(logits), np.array([-100, 2, -100])).item()
+    logp = F.log_softmax(f64(logits), axis=-1).numpy()
+    assert np.isclose(loss, -logp[1, 2], rtol=1e-14, atol=0)
 
 
 # ----- gelu -------------------------------------------------------------------------------

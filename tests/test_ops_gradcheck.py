@@ -41,7 +41,8 @@ TOLERANCES = {
     "var": (1e-8, 1e-7), "reshape": (1e-8, 1e-7), "transpose": (1e-8, 1e-7),
     "permute": (1e-8, 1e-7), "getitem": (1e-8, 1e-7), "masked_fill": (1e-8, 1e-7),
     "cat": (1e-8, 1e-7), "stack": (1e-8, 1e-7), "split": (1e-8, 1e-7),
-    "matmul": (1e-8, 1e-7), "linear": (1e-8, 1e-7), "softmax": (1e-8, 1e-7),
+    "matmul": (1e-8, 1e-7), "linear": (1e-8, 1e-7), "lora_linear": (1e-8, 1e-7),
+    "softmax": (1e-8, 1e-7),
     "embedding": (1e-8, 1e-7), "dropout": (1e-8, 1e-7),
     "scaled_dot_product_attention": (1e-8, 1e-7),
     "exp": (3e-8, 1e-6), "pow": (3e-8, 1e-6), "log_softmax": (3e-8, 1e-6),
@@ -396,6 +397,24 @@ def test_linear_gradient(lead, n_in, n_out, with_bias, seed):
         inputs.append(normal(rng, (n_out,)))
     check_grad("linear", F.linear, inputs, rng,
                reference=lambda x, w, b=0.0: x @ w.T + b)
+
+
+@covers("lora_linear")
+@given(lead=shapes(max_dims=2, max_side=3), n_in=st.integers(1, 4), n_out=st.integers(1, 4),
+       rank=st.integers(1, 4), with_bias=st.booleans(), seed=seeds)
+def test_lora_linear_gradient(lead, n_in, n_out, rank, with_bias, seed):
+    """Every input trainable here; frozen W and b (LoRA's case) are in tests/test_lora.py."""
+    rng = rng_for(seed)
+    scale = float(rng.uniform(0.25, 4.0))                  # alpha / r
+    x, w, b = normal(rng, lead + (n_in,)), normal(rng, (n_out, n_in)), normal(rng, (n_out,))
+    a, bb = normal(rng, (rank, n_in)), normal(rng, (n_out, rank))
+    if with_bias:
+        check_grad("lora_linear", lambda *t: F.lora_linear(*t, scale), [x, w, b, a, bb], rng,
+                   reference=lambda x, w, b, a, bb: x @ w.T + b + scale * (x @ a.T) @ bb.T)
+    else:
+        check_grad("lora_linear", lambda x, w, a, bb: F.lora_linear(x, w, None, a, bb, scale),
+                   [x, w, a, bb], rng,
+                   reference=lambda x, w, a, bb: x @ w.T + scale * (x @ a.T) @ bb.T)
 
 
 # ----- fused ops --------------------------------------------------------------------------

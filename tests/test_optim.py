@@ -2,10 +2,12 @@
 
 AdamW and SGD are compared with torch.optim step by step (float64: to rounding; float32:
 within float32 tolerance); clip_grad_norm with torch.nn.utils.clip_grad_norm_; get_lr
-with nanoGPT's formula written out here. Then: parameters own their arrays (an optimizer
-updates them in place, whatever order the model, a device move and the optimizer were made
-in), fresh gradients after zero_grad() are used, an optimizer state round trip resumes
-training exactly, and tensor.fast's optimizer kernels equal the reference functions.
+with nanoGPT's formula written out here; a partly frozen net as torch steps one whose
+frozen tensors have requires_grad_(False) (more on freezing: test_freeze.py). Then:
+parameters own their arrays (an optimizer updates them in place, whatever order the model,
+a device move and the optimizer were made in), fresh gradients after zero_grad() are used,
+an optimizer state round trip resumes training exactly, and tensor.fast's optimizer
+kernels equal the reference functions.
 """
 import copy
 import math
@@ -128,6 +130,33 @@ def test_adamw_with_decay_groups_matches_torch(dtype, rtol, atol):
     moved = max(float(np.abs(p.data - make_net(dtype=dtype).parameters()[i].data).max())
                 for i, p in enumerate(ours))
     assert moved > 1e-2                                          # the steps did something
+
+
+@needs_torch
+def test_adamw_over_a_partly_frozen_net_matches_torch_with_requires_grad_false():
+    """Frozen parameters: ours leaves them out of the optimizer, torch keeps them in its
+    groups but skips them (no .grad); the trainable ones step alike, and both hold state
+    for the trainable ones only."""
+    net = make_net(dtype=np.float64)
+    net.freeze("fc", "norm.bias")
+    ours = net.parameters()
+    theirs = [torch.tensor(p.data.copy()).requires_grad_(p.requires_grad) for p in ours]
+    start = params_of(net)
+    kw = dict(lr=3e-2, betas=(0.9, 0.95), eps=1e-8)
+    opt_ours = AdamW(decay_groups(ours, 0.1), **kw)
+    opt_theirs = torch.optim.AdamW(torch_groups(theirs, 0.1), **kw, foreach=False)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        for p, t, g in zip(ours, theirs, gradient([p.data for p in ours], rng)):
+            if p.requires_grad:
+                p.grad, t.grad = g, torch.tensor(g)
+        opt_ours.step()
+        opt_theirs.step()
+    for (name, p), t in zip(net.named_parameters(), theirs):
+        np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-12, atol=1e-14)
+        assert np.array_equal(p.data, start[name]) == (not p.requires_grad), name
+    assert len(opt_ours.state) == len(opt_theirs.state) == sum(p.requires_grad for p in ours)
+    assert opt_ours.state_dict()["m"].size == net.num_trainable_parameters()
 
 
 @needs_torch

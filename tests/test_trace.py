@@ -219,7 +219,7 @@ def test_docs_backprop_md_has_a_formula_for_every_op():
         assert where == "docs/backprop.md", name
         assert re.search(r"\bd\w+(\[\w+\])? = ", text), (name, text)    # "dx = ", "dW[j] = "
     lines = tr.BACKPROP_MD.read_text(encoding="utf-8").count("**backward:**")
-    assert lines == len(CASES) == 34
+    assert lines == len(CASES) == 35
     for composed in (False, True):
         t, _ = traced_with_independent_record(composed)
         for op in {r.op for r in t.ops}:

@@ -164,6 +164,14 @@ def build_linear(op):
     return build
 
 
+def build_lora_linear(rng):
+    lead, (n_in, n_out) = shape(rng, ndim=int(rng.integers(1, 3))), shape(rng, ndim=2)
+    rank = int(rng.integers(1, 4))
+    fn = lambda x, w, b, a, bb: F.lora_linear(x, w, b, a, bb, 2.0)       # noqa: E731
+    return fn, [normal(rng, lead + (n_in,)), normal(rng, (n_out, n_in)), normal(rng, (n_out,)),
+                normal(rng, (rank, n_in)), normal(rng, (n_out, rank))]
+
+
 def build_attention(rng):
     B, nh, T, hs = shape(rng, ndim=4)
     past = int(rng.integers(0, 3))                             # keys from an earlier cache
@@ -192,7 +200,7 @@ def build_cross_entropy(op):
     def build(rng):
         B, T, V = shape(rng, ndim=3, low=2)
         targets = rng.integers(0, V, size=(B, T))
-        targets[0, 0] = -1                                     # one ignored position
+        targets[0, 0] = -100                                    # one ignored position
         return op, [normal(rng, (B, T, V)), targets]
     return build
 
@@ -230,6 +238,7 @@ CASES = [  # (name, function whose docstring holds the math, builder)
     ("split", movement.split, build_split),
     ("matmul", matmul.matmul, build_matmul(matmul.matmul)),
     ("linear", F.linear, build_linear(F.linear)),
+    ("lora_linear", F.lora_linear, build_lora_linear),
     ("softmax", F.softmax, build_softmax(F.softmax)),
     ("log_softmax", F.log_softmax, build_softmax(F.log_softmax)),
     ("layer_norm", layer_norm, build_layer_norm(layer_norm)),
@@ -262,7 +271,7 @@ LEARNER_OPS = {
     "attention": ("fn(q, k, v)   (causal; q, k, v all (B, nh, T, hs))",
                   build_causal_attention),
     "embedding": ("fn(ids, weight)", build_embedding),
-    "cross_entropy": ("fn(logits, targets)   (targets == -1 are ignored)",
+    "cross_entropy": ("fn(logits, targets)   (targets == -100 are ignored)",
                       build_cross_entropy),
 }
 

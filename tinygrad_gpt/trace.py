@@ -36,6 +36,7 @@ BACKPROP_MD = Path(__file__).resolve().parents[1] / "docs" / "backprop.md"
 DOC_NAMES = {"attention": "scaled_dot_product_attention"}   # op name -> its name in the docs
 ARG_NAMES = {"attention": ("q", "k", "v"), "layer_norm": ("x", "weight", "bias"),
              "linear": ("x", "weight", "bias"), "embedding": ("weight",),
+             "lora_linear": ("x", "weight", "bias", "lora_A", "lora_B"),
              "cross_entropy": ("logits",), "matmul": ("a", "b")}
 
 

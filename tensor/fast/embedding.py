@@ -50,4 +50,6 @@ def embedding(ids, weight):
             return (RowGradient(weight.xp, (V, C), flat_ids, rows),)
         return (scatter_add_rows(weight.xp, V, flat_ids, rows),)  # (V, C)
 
+    # weight is the only parent (ids get no gradient): for a frozen weight (requires_grad
+    # False) make records no backward, so dW is never computed.
     return make(y, (weight,), "embedding", backward)

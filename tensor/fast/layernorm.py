@@ -33,8 +33,10 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
     parents = tuple(t for t in (x, weight, bias) if t is not None)
 
     def backward(dy):
+        # Each gradient only for a parent that requires one, as in the reference: a frozen
+        # weight or bias, or an input computed from frozen layers only, gets None.
         dy2 = xp.ascontiguousarray(dy).reshape(-1, C)             # (rows, C)
-        dx = xp.empty_like(dy2)
+        dx = xp.empty_like(dy2) if x.requires_grad else None
 
         def backward_block(lo, hi):
             dn, nb = dx[lo:hi], n[lo:hi]                          # dn, turned into dx in place
@@ -47,8 +49,9 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
             dn -= mean_dn
             dn -= nb * mean_dn_n
             dn *= rstd[lo:hi]                                     # dx
-        threads.for_blocks(xp, dy2.shape[0], backward_block, threads.rows_per_block(C))
-        grads = [dx.reshape(x.shape)]
+        if x.requires_grad:
+            threads.for_blocks(xp, dy2.shape[0], backward_block, threads.rows_per_block(C))
+        grads = [dx.reshape(x.shape) if x.requires_grad else None]
         if weight is not None:
             grads.append(xp.einsum("rc,rc->c", dy2, n) if weight.requires_grad else None)
         if bias is not None:
