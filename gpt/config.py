@@ -40,6 +40,16 @@ class GPTConfig:
     def head_size(self):
         return self.n_embd // self.n_head
 
+    def num_parameters(self):
+        """The parameter count of a GPT of this shape, without building it (for a memory
+        estimate before loading weights): embeddings (V + block) C; per block 12 C^2 weights
+        (q, k, v, attn_out: 4 C^2; mlp_in, mlp_out: 8 C^2) and 2 C layer-norm gains, plus
+        11 C biases (3 C q/k/v, C attn_out, 4 C mlp_in, C mlp_out, 2 C layer norms) when
+        bias; then ln_final's C (+ C). The LM head is the tied token embedding."""
+        C, bias = self.n_embd, int(self.bias)
+        per_block = 12 * C * C + 2 * C + 11 * C * bias
+        return (self.vocab_size + self.block_size) * C + self.n_layer * per_block + C * (1 + bias)
+
     def to_dict(self):
         return asdict(self)
 

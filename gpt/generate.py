@@ -17,13 +17,16 @@ from tensor import Tensor, backend, no_grad
 
 
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, rng=None,
-             use_cache=True, on_token=None):
-    """idx (B, T) ints -> (B, T + max_new_tokens) ints (a NumPy array).
+             use_cache=True, on_token=None, stop_token=None):
+    """idx (B, T) ints -> (B, T + n) ints (a NumPy array), n = max_new_tokens at most.
 
     temperature 0 means greedy (argmax); top_k keeps the k most likely tokens; top_p keeps
     the smallest set of tokens whose probabilities add up to at least top_p. rng: a
     numpy Generator (or a seed) so sampling is reproducible. on_token(column) is called
     with each new (B,) column as soon as it exists (for streaming to a terminal).
+    stop_token: an id (e.g. <|endoftext|>'s) that ends generation once every row has
+    produced it (that column included; rows that stopped earlier keep drawing tokens,
+    which the caller cuts at their first stop_token).
     """
     _check_sampling(temperature, top_k, top_p)
     rng = np.random.default_rng(rng)
@@ -35,7 +38,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     model.eval()
     try:
         with no_grad():
-            caches = None
+            caches, stopped = None, None
             for _ in range(max_new_tokens):
                 if not use_cache or idx.shape[1] > block_size:   # (the window slides)
                     logits, _ = model(idx[:, -block_size:], last_only=True)
@@ -49,6 +52,11 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
                 idx = np.concatenate([idx, column[:, None]], axis=1)
                 if on_token is not None:
                     on_token(column)
+                if stop_token is not None:
+                    hit = column == stop_token                 # (B,)
+                    stopped = hit if stopped is None else stopped | hit
+                    if stopped.all():
+                        break
     finally:
         model.train(was_training)
     return idx

@@ -18,12 +18,16 @@
 
 Our Linear stores W as (out, in) like PyTorch's nn.Linear; GPT-2's Conv1D stores (in, out),
 hence the transposes. GPT-2 always has biases: a bias=False model exports zero biases.
+The importer also reads files with no biases at all (nanoGPT's bias=False models saved in
+GPT-2's layout, ln_f.bias included): they load as a bias=False GPTConfig.
 """
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
 from tensor import backend
@@ -61,10 +65,18 @@ def to_hf_state_dict(ours, n_layer):
     return {k: np.ascontiguousarray(v) for k, v in hf.items()}
 
 
-def from_hf_state_dict(hf):
-    """{Hugging Face GPT-2 name: array} -> {our name: array} (always with biases).
+def has_biases(names):
+    """Whether GPT-2 tensor names include biases (True) or none at all (False: nanoGPT's
+    bias=False models saved in GPT-2's layout). GPT-2's causal-mask buffers (attn.bias)
+    are not biases."""
+    return any(n.endswith(".bias") and not n.endswith(".attn.bias") for n in names)
 
-    A missing key is a ValueError naming it.
+
+def from_hf_state_dict(hf):
+    """{Hugging Face GPT-2 name: array} -> {our name: array}, with biases when the file has
+    them (all of GPT-2's) and without when it has none (a bias=False model).
+
+    A missing key is a ValueError naming it; so is a file with some biases but not all.
 
     Accepts names with or without the "transformer." prefix (the hub's gpt2 file has none),
     ignores GPT-2's stored causal-mask buffers (attn.bias, attn.masked_bias), and checks
@@ -72,6 +84,7 @@ def from_hf_state_dict(hf):
     """
     hf = _KeyNaming({k.removeprefix("transformer."): v for k, v in hf.items()
                      if not k.endswith((".attn.bias", ".attn.masked_bias"))})
+    hf.biases = has_biases(hf)
     head = hf.pop("lm_head.weight", None)
     if head is not None and not np.array_equal(head, hf.get("wte.weight")):
         raise ValueError("lm_head.weight differs from wte.weight: only GPT-2's tied LM head "
@@ -79,36 +92,49 @@ def from_hf_state_dict(hf):
     n_layer = len({k.split(".")[1] for k in hf if k.startswith("h.")})
     ours = {"token_embedding.weight": hf.pop("wte.weight"),
             "position_embedding.weight": hf.pop("wpe.weight"),
-            "ln_final.weight": hf.pop("ln_f.weight"), "ln_final.bias": hf.pop("ln_f.bias")}
+            "ln_final.weight": hf.pop("ln_f.weight"), "ln_final.bias": hf.pop_bias("ln_f.bias")}
     for i in range(n_layer):
         o, h = f"blocks.{i}.", f"h.{i}."
-        w, b = hf.pop(h + "attn.c_attn.weight"), hf.pop(h + "attn.c_attn.bias")   # (C, 3C)
+        w, b = hf.pop(h + "attn.c_attn.weight"), hf.pop_bias(h + "attn.c_attn.bias")  # (C, 3C)
         for j, name in enumerate(("query", "key", "value")):
             C = w.shape[0]
             ours[f"{o}attn.{name}.weight"] = w[:, j * C:(j + 1) * C].T               # (C, C)
-            ours[f"{o}attn.{name}.bias"] = b[j * C:(j + 1) * C]
+            ours[f"{o}attn.{name}.bias"] = None if b is None else b[j * C:(j + 1) * C]
         for mine, theirs in LINEARS:
             ours[f"{o}{mine}.weight"] = hf.pop(f"{h}{theirs}.weight").T              # (out, in)
-            ours[f"{o}{mine}.bias"] = hf.pop(f"{h}{theirs}.bias")
+            ours[f"{o}{mine}.bias"] = hf.pop_bias(f"{h}{theirs}.bias")
         for mine, theirs in NORMS:
             ours[f"{o}{mine}.weight"] = hf.pop(f"{h}{theirs}.weight")
-            ours[f"{o}{mine}.bias"] = hf.pop(f"{h}{theirs}.bias")
+            ours[f"{o}{mine}.bias"] = hf.pop_bias(f"{h}{theirs}.bias")
     if hf:
         raise ValueError(f"unexpected GPT-2 keys: {', '.join(sorted(hf))}")
-    return {k: np.ascontiguousarray(v) for k, v in ours.items()}
+    return {k: np.ascontiguousarray(v) for k, v in ours.items() if v is not None}
 
 
 class _KeyNaming(dict):
-    """A dict whose pop() of a missing key says which GPT-2 weight is missing."""
+    """A dict whose pop() of a missing key says which GPT-2 weight is missing; pop_bias()
+    gives None in a file without biases (self.biases False)."""
+
+    biases = True
 
     def pop(self, key, *default):
         if key not in self and not default:
             raise ValueError(f"the GPT-2 weights have no {key!r} (nor 'transformer.{key}')")
         return super().pop(key, *default)
 
+    def pop_bias(self, key):
+        if not self.biases:
+            return None
+        if key not in self:
+            raise ValueError(f"the GPT-2 weights have biases but no {key!r} (nor "
+                             f"'transformer.{key}'): a checkpoint has all of GPT-2's biases, "
+                             "or none (a bias=False model)")
+        return super().pop(key)
 
-def config_from_hf(d):
-    """Our GPTConfig from a Hugging Face GPT-2 config.json dict."""
+
+def config_from_hf(d, bias=True):
+    """Our GPTConfig from a Hugging Face GPT-2 config.json dict; bias: whether the weights
+    have biases (config.json does not say; see has_biases)."""
     if d.get("model_type", "gpt2") != "gpt2":
         raise ValueError(f"config.json has model_type {d.get('model_type')!r}, expected 'gpt2'")
     act = d.get("activation_function", "gelu_new")
@@ -118,7 +144,7 @@ def config_from_hf(d):
         raise ValueError(f"n_inner {d['n_inner']} is not 4 * n_embd")
     return GPTConfig(vocab_size=d["vocab_size"], block_size=d.get("n_positions", d.get("n_ctx")),
                      n_layer=d["n_layer"], n_head=d["n_head"], n_embd=d["n_embd"],
-                     dropout=0.0, bias=True)
+                     dropout=0.0, bias=bias)
 
 
 def config_to_hf(config):
@@ -132,18 +158,45 @@ def config_to_hf(config):
             "bos_token_id": config.vocab_size - 1, "eos_token_id": config.vocab_size - 1}
 
 
-def load_pretrained(cls, path, device="cpu"):
-    """Build a GPT from a directory with config.json and model.safetensors (no network)."""
+def read_config(path):
+    """The GPTConfig of a Hugging Face GPT-2 directory, from config.json and the names in
+    model.safetensors' header (biases or not), without reading the weights themselves.
+
+    FileNotFoundError for a missing file, ValueError for a config that is not GPT-2's.
+    """
     path = Path(path)
     for name in ("config.json", "model.safetensors"):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path / name} not found: a GPT-2 directory needs "
                                     "config.json and model.safetensors")
     try:
-        config = config_from_hf(json.loads((path / "config.json").read_text()))
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        with safe_open(str(path / "model.safetensors"), framework="np") as f:
+            names = list(f.keys())
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path / 'model.safetensors'} is not a readable safetensors file "
+                         f"({e}): download or export it again") from None
+    try:
+        return config_from_hf(json.loads((path / "config.json").read_text()), has_biases(names))
+    except (KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path / 'config.json'} is not a GPT-2 config: {e}") from None
-    ours = from_hf_state_dict(load_file(str(path / "model.safetensors")))
+
+
+def read_weights(path):
+    """{our name: array} from a GPT-2 directory's model.safetensors (ValueError if unreadable
+    or not GPT-2's tensors)."""
+    path = Path(path)
+    try:
+        return from_hf_state_dict(load_file(str(path / "model.safetensors")))
+    except SafetensorError as e:
+        raise ValueError(f"{path / 'model.safetensors'} cannot be read ({e}): download or "
+                         "export it again") from None
+
+
+def load_pretrained(cls, path, device="cpu", dropout=0.0):
+    """Build a GPT from a directory with config.json and model.safetensors (no network);
+    dropout: the probability the model trains with (GPT-2's files do not fix it)."""
+    config = replace(read_config(path), dropout=dropout)
+    ours = read_weights(path)
     model = cls(config)
     model.load_state_dict(ours, strict=True)   # names every missing or wrongly-shaped key
     return model.to(device)

@@ -9,6 +9,7 @@
 Dimension names as in config.py: B batch, T time, C n_embd, nh heads, hs head_size, V vocab.
 GPT-2's own parameter names (wte, c_attn, c_fc, ...) appear only in hf.py.
 """
+import dataclasses
 import math
 
 import numpy as np
@@ -87,11 +88,12 @@ class GPT(Module):
         n = super().num_parameters()
         return n - self.position_embedding.weight.size if non_embedding else n
 
-    def forward(self, idx, targets=None, caches=None, last_only=False):
-        """idx (B, T) int -> logits (B, T, V), and the mean cross-entropy when targets given.
+    def hidden_states(self, idx, caches=None):
+        """idx (B, T) int -> the final hidden states (B, T, C), after ln_final: what the LM
+        head reads (and a classification head, for fine-tuning).
 
         caches: one KVCache per block, for generation (positions continue after the cached
-        ones). last_only: compute logits for the last position only (generation needs no more).
+        ones).
         """
         idx = idx.data if isinstance(idx, Tensor) else np.asarray(idx)
         B, T = idx.shape
@@ -106,22 +108,46 @@ class GPT(Module):
         x = self.dropout(x)
         for i, block in enumerate(self.blocks):
             x = block(x, caches[i] if caches else None)                      # (B, T, C)
-        x = self.ln_final(x)
+        return self.ln_final(x)                                              # (B, T, C)
+
+    def forward(self, idx, targets=None, caches=None, last_only=False):
+        """idx (B, T) int -> logits (B, T, V), and the mean cross-entropy when targets given.
+
+        caches: as in hidden_states. last_only: compute logits for the last position only
+        (generation needs no more).
+        """
+        x = self.hidden_states(idx, caches)                                  # (B, T, C)
         if last_only:
             x = x[:, -1:, :]                                                 # (B, 1, C)
         logits = F.linear(x, self.token_embedding.weight)                    # (B, T, V)
         loss = None if targets is None else F.cross_entropy(logits, targets)
         return logits, loss
 
+    def crop_block_size(self, block_size):
+        """Shorten the context to block_size positions, as nanoGPT's crop_block_size: keep
+        the first block_size rows of the position embedding (block, C) -> (block_size, C),
+        and config.block_size. For training a pretrained model on shorter sequences (less
+        memory per step); positions beyond block_size are gone for good."""
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or \
+                not 0 < block_size <= self.config.block_size:
+            raise ValueError(f"crop_block_size({block_size!r}): the new block_size must be a "
+                             f"positive integer <= the current {self.config.block_size}")
+        weight = self.position_embedding.weight
+        weight.data = weight.data[:block_size].copy()                       # (block_size, C)
+        weight.grad = None
+        self.config = dataclasses.replace(self.config, block_size=block_size)
+        return self
+
     def new_caches(self):
         """Empty key/value caches, one per block, for `forward(..., caches=...)`."""
         return [KVCache() for _ in self.blocks]
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 rng=None, use_cache=True, on_token=None):
-        """Continue each row of idx (B, T) by max_new_tokens tokens; see gpt/generate.py."""
+                 rng=None, use_cache=True, on_token=None, stop_token=None):
+        """Continue each row of idx (B, T) by up to max_new_tokens tokens (fewer once every
+        row has produced stop_token); see gpt/generate.py."""
         return generate(self, idx, max_new_tokens, temperature, top_k, top_p, rng, use_cache,
-                        on_token)
+                        on_token, stop_token=stop_token)
 
     @classmethod
     def from_pretrained(cls, path, device="cpu"):

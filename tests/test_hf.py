@@ -14,7 +14,8 @@ from safetensors.numpy import save_file
 
 import tensor
 from gpt import GPT, GPTConfig
-from gpt.hf import from_hf_state_dict, to_hf_state_dict
+from gpt.hf import (from_hf_state_dict, has_biases, load_pretrained, read_config,
+                    to_hf_state_dict)
 from tensor import no_grad
 
 CFG = dict(vocab_size=11, block_size=8, n_layer=2, n_head=3, n_embd=12)
@@ -154,6 +155,53 @@ def test_a_bias_free_model_exports_zero_biases_and_the_same_function():
     with_bias.load_state_dict(from_hf_state_dict(hf))
     np.testing.assert_allclose(logits_of(with_bias, IDS), logits_of(model, IDS),
                                rtol=1e-6, atol=1e-6)
+
+
+def without_biases(state):
+    """A GPT-2 state dict as nanoGPT saves a bias=False model: no *.bias keys at all."""
+    return {k: v for k, v in state.items() if not k.endswith(".bias")}
+
+
+@pytest.mark.parametrize("prefix", ["transformer.", ""])
+def test_a_file_without_biases_loads_as_a_bias_free_model(tmp_path, prefix):
+    model = tiny_model(bias=False)
+    hf = to_hf_state_dict(model.state_dict(), CFG["n_layer"])
+    state = {prefix + k.removeprefix("transformer."): v for k, v in without_biases(hf).items()}
+    state[prefix + "h.0.attn.bias"] = np.tril(np.ones((1, 1, 8, 8), np.float32))  # a buffer
+    ours = from_hf_state_dict(state)
+    assert sorted(ours) == sorted(model.state_dict())          # no bias names at all
+    loaded = GPT.from_pretrained(write_dir(tmp_path, state, hf_config()))
+    assert loaded.config == GPTConfig(**CFG, bias=False)
+    assert read_config(tmp_path).bias is False
+    np.testing.assert_array_equal(logits_of(loaded, IDS), logits_of(model, IDS))
+    zeros = {**state, **{k: np.zeros_like(v) for k, v in hf.items() if k.endswith(".bias")}}
+    np.testing.assert_allclose(numpy_gpt2(zeros, CFG["n_head"], IDS), logits_of(model, IDS),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dropped", ["transformer.ln_f.bias", "transformer.h.1.mlp.c_fc.bias",
+                                     "transformer.h.0.attn.c_attn.bias"])
+def test_a_file_with_some_biases_missing_names_one(tmp_path, dropped):
+    state = random_hf_state()
+    del state[dropped]
+    key = dropped.removeprefix("transformer.")
+    with pytest.raises(ValueError, match=f"biases but no '{key}'"):
+        from_hf_state_dict(state)
+    with pytest.raises(ValueError, match="all of GPT-2's biases, or none"):
+        GPT.from_pretrained(write_dir(tmp_path, state, hf_config()))
+
+
+def test_has_biases_ignores_the_causal_mask_buffers():
+    assert not has_biases(["h.0.attn.bias", "transformer.h.1.attn.bias", "wte.weight"])
+    assert has_biases(["h.0.attn.c_attn.bias"]) and has_biases(["transformer.ln_f.bias"])
+
+
+def test_dropout_is_the_callers_and_a_bad_file_is_named(tmp_path):
+    path = write_dir(tmp_path, random_hf_state(), hf_config())
+    assert load_pretrained(GPT, path, dropout=0.25).config.dropout == 0.25
+    (path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="model.safetensors is not a readable safetensors"):
+        read_config(path)
 
 
 # ----- files built with NumPy only ---------------------------------------------------------

@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 
 from gpt import GPTConfig
 from tinygrad_gpt import settings
-from tinygrad_gpt.settings import FIELDS, PRESETS, TrainConfig, UserError, build_parser, parse
+from tinygrad_gpt.settings import (FIELDS, FINETUNE_PRESETS, PRESETS, TRAINING_PRESETS,
+                                   TrainConfig, UserError, build_parser, parse,
+                                   parse_with_sources)
 
 NANOGPT_KEYS = ["n_layer", "n_head", "n_embd", "block_size", "batch_size", "dropout", "bias",
                 "learning_rate", "max_iters", "lr_decay_iters", "min_lr", "warmup_iters",
@@ -91,7 +93,7 @@ def test_abbreviations_are_not_silently_accepted():
 # Every field of both training presets, as `--preset NAME` gave them before the model shapes
 # moved to gpt.config.PRESETS (read from that code): the move must not change a value.
 TRAIN_DEFAULTS = dict(
-    out_dir="out", data="", tokenizer="char", vocab_size=512, eval_interval=250,
+    out_dir="out", data="", init_from="", tokenizer="char", vocab_size=512, eval_interval=250,
     log_interval=10, eval_iters=20, always_save_checkpoint=True, sample_tokens=200,
     model="gpt", n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False,
     batch_size=12, gradient_accumulation_steps=1, learning_rate=1e-3, max_iters=2000,
@@ -103,12 +105,21 @@ PINNED = {
     "baby-gpt": {**TRAIN_DEFAULTS, "n_layer": 6, "n_head": 6, "n_embd": 384,
                  "block_size": 256, "dropout": 0.2, "batch_size": 64, "max_iters": 5000,
                  "lr_decay_iters": 5000, "eval_iters": 200, "always_save_checkpoint": False},
+    # nanoGPT's config/finetune_shakespeare.py (+ its train.py's beta2 and log_interval),
+    # dropout 0.1; the model's shape stays the defaults here: --init_from replaces it.
+    "finetune-shakespeare": {**TRAIN_DEFAULTS, "init_from": "base", "eval_interval": 5,
+                             "eval_iters": 40, "log_interval": 1,
+                             "always_save_checkpoint": False, "batch_size": 1,
+                             "gradient_accumulation_steps": 32, "max_iters": 20,
+                             "learning_rate": 3e-5, "decay_lr": False, "beta2": 0.95,
+                             "dropout": 0.1, "out_dir": "out-finetune-shakespeare"},
 }
 
 
 @pytest.mark.parametrize("name", sorted(PINNED))
 def test_each_preset_gives_exactly_its_pinned_config(name):
-    config = parse(["--preset", name])[0]
+    extra = ["--init_from", "base"] if name in FINETUNE_PRESETS else []
+    config = parse(["--preset", name, *extra])[0]
     assert asdict(config) == PINNED[name]
     for key, value in asdict(config).items():          # 2000, not 2000.0; 0.0, not 0
         assert type(value) is type(PINNED[name][key]), key
@@ -148,7 +159,37 @@ def test_the_docstring_examples_hold():
     assert doctest.testmod(settings).failed == 0
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_pinned():
+    assert sorted(PRESETS) == sorted(PINNED)
+
+
+@pytest.mark.parametrize("name", sorted(TRAINING_PRESETS))
 def test_a_training_preset_builds_the_model_preset_of_its_name(name):
     config = parse(["--preset", name])[0]
     assert config.model_config(vocab_size=65) == GPTConfig.preset(name)    # V = 65: Shakespeare
+
+
+# ----- fine-tuning presets and where each setting came from --------------------------------
+SHAPE = {"model", "n_layer", "n_head", "n_embd", "block_size", "bias", "tokenizer",
+         "vocab_size"}
+
+
+@pytest.mark.parametrize("name", sorted(FINETUNE_PRESETS))
+def test_a_finetuning_preset_sets_no_model_shape_and_needs_init_from(name):
+    assert not SHAPE & set(FINETUNE_PRESETS[name])          # --init_from's folder gives them
+    with pytest.raises(UserError, match="add --init_from PATH"):
+        parse(["--preset", name])
+    assert parse(["--preset", name, "--resume"])[1]        # a resumed run has its init_from
+
+
+def test_sources_name_the_preset_the_file_and_the_command_line(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text("n_layer = 2\n")
+    config, _, sources = parse_with_sources(["--preset=baby-gpt", f"--config={toml}",
+                                             "--max_iters=9", "--init_from=x"])
+    assert sources["n_layer"] == f"--config {toml}"
+    assert sources["n_embd"] == sources["batch_size"] == "--preset baby-gpt"
+    assert sources["max_iters"] == sources["init_from"] == settings.COMMAND_LINE
+    assert "seed" not in sources and config.init_from == "x"
+    assert parse(["--preset=baby-gpt", f"--config={toml}", "--max_iters=9"])[2] == \
+        ["max_iters"]

@@ -58,8 +58,9 @@ def save(out_dir, model, optimizer, info):
             old.unlink(missing_ok=True)
 
 
-def load(out_dir):
-    """Read and verify a checkpoint -> (info dict, model arrays, optimizer arrays)."""
+def read_info(out_dir):
+    """ckpt.json of the checkpoint in out_dir (checked to be one of ours), without reading
+    the weights: the settings, the model's config, the iteration..."""
     out_dir = Path(out_dir)
     meta_path = out_dir / "ckpt.json"
     if not meta_path.exists():
@@ -72,6 +73,13 @@ def load(out_dir):
     if info.get("format") != FORMAT:
         raise UserError(f"{meta_path} is not a tinygrad_gpt checkpoint "
                         f"(format {info.get('format')!r})")
+    return info
+
+
+def load(out_dir):
+    """Read and verify a checkpoint -> (info dict, model arrays, optimizer arrays)."""
+    out_dir = Path(out_dir)
+    info = read_info(out_dir)
     weights = out_dir / info["weights"]
     if not weights.exists() or sha256(weights) != info["sha256"]:
         raise UserError(f"{weights} is missing or does not match ckpt.json's sha256: "

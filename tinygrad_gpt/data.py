@@ -1,10 +1,12 @@
 """Data preparation: text -> tokenizer fitted on the train split -> token ids on disk -> batches.
 
 Like nanoGPT: the first 90% of the text is the train split, the last 10% the val split.
-The ids are written once to a cache folder as train.bin / val.bin (uint16, or uint32 when
-the vocabulary needs it) plus meta.json, keyed by the text's content hash and the
-tokenizer settings, and read back with np.memmap, so a corpus larger than RAM trains
-without being loaded. meta.json is written last: a folder without it is incomplete.
+The tokenizer is fitted on the train split, or given (a pretrained model's, for continued
+pretraining). The ids are written once to a cache folder as train.bin / val.bin (uint16, or
+uint32 when the vocabulary needs it) plus meta.json, keyed by the text's content hash and
+the tokenizer (its settings when fitted, its identity hash when given), and read back with
+np.memmap, so a corpus larger than RAM trains without being loaded. meta.json is written
+last: a folder without it is incomplete.
 """
 import codecs
 import hashlib
@@ -14,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
+from tokenizer import CharTokenizer
 
 from . import corpus, tokenizer_io
 from .cli import UserError
@@ -25,13 +29,13 @@ PROGRESS_FROM = 2_000_000  # show a tokenizing progress bar for splits at least 
 
 
 class Dataset:
-    """The two splits as memory-mapped id arrays, and the fitted tokenizer."""
+    """The two splits as memory-mapped id arrays, and the tokenizer (fitted or given)."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, tokenizer=None):
         meta = json.loads((folder / "meta.json").read_text())
         dtype = np.dtype(meta["dtype"])
         self.folder, self.meta = folder, meta
-        self.tokenizer = tokenizer_io.load(folder / "tokenizer")
+        self.tokenizer = tokenizer or tokenizer_io.load(folder / "tokenizer")
         self.train = np.memmap(folder / "train.bin", dtype=dtype, mode="r")
         self.val = np.memmap(folder / "val.bin", dtype=dtype, mode="r")
 
@@ -80,22 +84,32 @@ def content_key(files, tokenizer, vocab_size):
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
         digest.update(b"\0")
-    settings = "char" if tokenizer == "char" else f"bpe{vocab_size}"
+    if not isinstance(tokenizer, str):
+        settings = f"tok{tokenizer_io.identity(tokenizer)}"      # a given tokenizer
+    else:
+        settings = "char" if tokenizer == "char" else f"bpe{vocab_size}"
     return f"{digest.hexdigest()[:16]}-{settings}"
 
 
 def prepare(data, tokenizer="char", vocab_size=512, cache=None, quiet=False):
-    """Tokenize the corpus once (or find it already done) and return the Dataset."""
+    """Tokenize the corpus once (or find it already done) and return the Dataset.
+
+    tokenizer: "char" or "bpe" (fit one of vocab_size tokens on the train split), or a
+    tokenizer object (CharTokenizer, BPETokenizer), used as it is: a pretrained model's.
+    """
     files = source_files(data)
+    given = None if isinstance(tokenizer, str) else tokenizer
     folder = Path(cache or corpus.cache_dir() / "datasets") / content_key(files, tokenizer,
                                                                           vocab_size)
     if (folder / "meta.json").exists():
-        return Dataset(folder)
+        return Dataset(folder, given)
     n_chars = sum(len(piece) for piece in read_text(files))
     if n_chars == 0:
         raise UserError(f"--data {data or 'default corpus'} is empty")
     split = int(n_chars * TRAIN_FRACTION)
-    if tokenizer == "char":              # the vocabulary: every character of the train split
+    if given is not None:
+        tok = given
+    elif tokenizer == "char":            # the vocabulary: every character of the train split
         chars = set()
         for piece in _pieces(read_text(files), 0, split):
             chars.update(piece)
@@ -110,13 +124,19 @@ def prepare(data, tokenizer="char", vocab_size=512, cache=None, quiet=False):
     for name, lo, hi in (("train", 0, split), ("val", split, n_chars)):
         counts[name] = _write_ids(tok, files, lo, hi, folder / f"{name}.bin", dtype,
                                   desc=f"tokenizing {name}", quiet=quiet)
+    kind = "char" if isinstance(tok, CharTokenizer) else "bpe"
     meta = {"files": [str(f) for f in files], "chars": n_chars, "split_at_char": split,
-            "tokenizer": tokenizer, "vocab_size": tok.vocab_size, "dtype": np.dtype(dtype).name,
-            "train_tokens": counts["train"], "val_tokens": counts["val"]}
+            "tokenizer": kind, "fitted": given is None,
+            "tokenizer_identity": tokenizer_io.identity(tok), "vocab_size": tok.vocab_size,
+            "dtype": np.dtype(dtype).name,
+            "train_tokens": counts["train"], "val_tokens": counts["val"],
+            # characters a character tokenizer does not know are skipped (encode_corpus)
+            "skipped_chars": (n_chars - counts["train"] - counts["val"]) if kind == "char"
+            else 0}
     tmp = folder / "meta.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2))
     os.replace(tmp, folder / "meta.json")
-    return Dataset(folder)
+    return Dataset(folder, given)
 
 
 def _pieces(pieces, lo, hi):

@@ -9,6 +9,8 @@ suggests the closest valid one.
 
 A preset is a model shape from gpt/config.py's PRESETS plus the training settings below, and
 the model's sizes are checked by GPTConfig's own rules (their messages name the flags here).
+A fine-tuning preset (finetune-shakespeare) has training settings only: it needs --init_from,
+whose folder gives the model's shape and tokenizer.
 """
 import argparse
 import difflib
@@ -36,6 +38,7 @@ class TrainConfig:
     # I/O
     out_dir: str = "out"                # checkpoints, metrics.jsonl, loss.png
     data: str = ""                      # a UTF-8 text file or a folder of .txt ("" = Shakespeare)
+    init_from: str = ""                 # a GPT-2 folder or a run to start from ("" = random init)
     tokenizer: str = "char"             # char | bpe
     vocab_size: int = 512               # BPE vocabulary size (ignored for char)
     eval_interval: int = 250            # evaluate (and checkpoint) every this many iterations
@@ -119,8 +122,21 @@ TRAINING_PRESETS = {
     "baby-gpt": dict(batch_size=64, max_iters=5000, lr_decay_iters=5000, eval_iters=200,
                      always_save_checkpoint=False),
 }
-PRESETS = {name: {**{k: MODEL_PRESETS[name][k] for k in MODEL_FIELDS}, **training}
-           for name, training in TRAINING_PRESETS.items()}
+# Fine-tuning presets: training settings only, for --init_from (which gives the model's shape
+# and tokenizer; a preset here sets neither).
+FINETUNE_PRESETS = {
+    # nanoGPT's config/finetune_shakespeare.py: a small constant learning rate, 20 steps of
+    # 32 accumulated sequences, evaluation every 5, a checkpoint only on a new best; beta2 0.95
+    # and log_interval 1 are its train.py's defaults, which that file keeps; dropout 0.1 (its
+    # train.py: "for finetuning try 0.1+"). block_size stays the base model's.
+    "finetune-shakespeare": dict(out_dir="out-finetune-shakespeare", eval_interval=5,
+                                 eval_iters=40, log_interval=1, always_save_checkpoint=False,
+                                 batch_size=1, gradient_accumulation_steps=32, max_iters=20,
+                                 learning_rate=3e-5, decay_lr=False, beta2=0.95, dropout=0.1),
+}
+PRESETS = {**{name: {**{k: MODEL_PRESETS[name][k] for k in MODEL_FIELDS}, **training}
+              for name, training in TRAINING_PRESETS.items()}, **FINETUNE_PRESETS}
+COMMAND_LINE = "the command line"       # where a setting came from (parse_with_sources)
 FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 
@@ -189,6 +205,13 @@ def parse(argv, description="Train a GPT."):
 
     Order: defaults < preset < TOML file < argv.
     """
+    config, resume, sources = parse_with_sources(argv, description)
+    return config, resume, sorted(k for k, where in sources.items() if where == COMMAND_LINE)
+
+
+def parse_with_sources(argv, description="Train a GPT."):
+    """argv -> (TrainConfig, resume flag, {key: where its value came from}) for every key
+    not left at its default: "--preset NAME", "--config FILE" or COMMAND_LINE."""
     parser = build_parser(description)
     args, rest = parser.parse_known_args(argv)
     if rest:
@@ -196,20 +219,27 @@ def parse(argv, description="Train a GPT."):
         raise unknown_key(key) if rest[0].startswith("-") else \
             UserError(f"unexpected argument {rest[0]!r}: settings look like --key=value")
     given = vars(args)
-    values = {}
+    values, sources = {}, {}
     if "preset" in given:
         if given["preset"] not in PRESETS:
             raise UserError(f"unknown --preset {given['preset']!r}: choose from "
                             f"{', '.join(PRESETS)}")
         values.update(PRESETS[given["preset"]])
+        sources.update(dict.fromkeys(PRESETS[given["preset"]], f"--preset {given['preset']}"))
     if "config" in given:
-        values.update(read_toml(given["config"]))
+        table = read_toml(given["config"])
+        values.update(table)
+        sources.update(dict.fromkeys(table, f"--config {given['config']}"))
     for name in FIELDS:
         if name in given:
             values[name] = convert(name, given[name])
+            sources[name] = COMMAND_LINE
     config = TrainConfig(**{k: convert(k, v) for k, v in values.items()})
-    explicit = sorted(k for k in given if k in FIELDS)     # set on the command line itself
-    return config.validate(), bool(given.get("resume", False)), explicit
+    resume = bool(given.get("resume", False))
+    if given.get("preset") in FINETUNE_PRESETS and not config.init_from and not resume:
+        raise UserError(f"--preset {given['preset']} fine-tunes a pretrained model: add "
+                        "--init_from PATH (a Hugging Face GPT-2 folder or a training run)")
+    return config.validate(), resume, sources
 
 
 def read_toml(path):

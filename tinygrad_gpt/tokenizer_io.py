@@ -1,10 +1,13 @@
 """The training pipeline's view of tokenizer/: fit one on the train split, save it beside a
-run, load it back, encode a corpus or a prompt, and stream decoded text.
+run, load it back, name it by its content (identity), encode a corpus or a prompt, and
+stream decoded text.
 
 A run's tokenizer folder holds char.json (character level) or vocab.json + merges.txt
 (byte-level BPE, Hugging Face's GPT-2 layout, so a GPT-2 download's folder works too).
 """
 import codecs
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -41,6 +44,20 @@ def load(folder):
     except (ValueError, OSError) as e:
         raise UserError(f"tokenizer in {folder} cannot be read: {e}") from None
     raise UserError(f"no tokenizer in {folder}: expected char.json, or vocab.json + merges.txt")
+
+
+def identity(tok):
+    """A 16-hex-digit hash of what a tokenizer does: its kind, vocabulary, merges (in rank
+    order), special tokens and split pattern. Two tokenizers with the same identity encode
+    every text alike, whichever files they were read from (the token cache's key)."""
+    if isinstance(tok, CharTokenizer):
+        content = ["char", tok.chars]
+    else:
+        content = ["bpe", tok.pattern, sorted((i, t.hex()) for i, t in tok.vocab.items()),
+                   [[a, b, c] for (a, b), c in tok.merges.items()],
+                   sorted(tok.special_tokens.items())]
+    text = json.dumps(content, ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
 
 
 def encode_corpus(tok, text):

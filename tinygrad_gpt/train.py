@@ -4,6 +4,8 @@ The loop, as nanoGPT's: at each iteration set the learning rate, evaluate every
 eval_interval iterations (and checkpoint), then take one optimizer step made of
 gradient_accumulation_steps micro-batches. Ctrl-C saves a checkpoint and exits; a NaN
 or infinite loss stops the run and leaves the last good checkpoint; --resume continues.
+--init_from PATH starts from a pretrained model's weights (a GPT-2 folder or a run; see
+pretrained.py): its shape and tokenizer, a fresh optimizer, iteration 0.
 
 The CPU speed machinery (tensor/fast/) is switched on here, in main(); TINYGRAD_GPT_FAST=0
 runs every op's reference code instead.
@@ -26,11 +28,11 @@ from tqdm import tqdm
 import nn
 import tensor
 import tensor.fast
-from gpt import GPT
+from gpt import GPT, GPTConfig
 from gpt.bigram import Bigram
 from tensor import no_grad
 
-from . import checkpoint, data, report, settings, tokenizer_io
+from . import checkpoint, data, pretrained, report, settings, tokenizer_io
 from .cli import check_device, report_user_errors
 from .settings import UserError
 
@@ -39,9 +41,11 @@ RESUMABLE = {"max_iters", "lr_decay_iters", "eval_interval", "log_interval", "ev
              "sample_tokens", "always_save_checkpoint", "device", "out_dir", "data"}
 
 
-def build_model(config, vocab_size):
-    model_config = config.model_config(vocab_size)
+def build_model(config, model_config, base=None):
+    """The model to train: random (seeded), or with the weights of base (a pretrained.Base)."""
     tensor.manual_seed(config.seed)
+    if base is not None:
+        return base.load(config.device, config.block_size, config.dropout, config.dtype)
     model = Bigram(model_config) if config.model == "bigram" else GPT(model_config)
     if config.dtype == "float64":
         for p in model.parameters():
@@ -91,9 +95,10 @@ class Interrupt:
 
 
 def setup(argv):
-    config, resume, explicit = settings.parse(argv)
+    config, resume, sources = settings.parse_with_sources(argv)
+    explicit = [k for k, where in sources.items() if where == settings.COMMAND_LINE]
     out_dir = Path(config.out_dir)
-    saved = None
+    saved = base = None
     if resume:
         saved = checkpoint.load(out_dir)
         stored = settings.TrainConfig(**saved[0]["train_config"])
@@ -106,6 +111,9 @@ def setup(argv):
         config = settings.TrainConfig(**{**asdict(stored),
                                          **{k: getattr(config, k) for k in explicit}})
         config.validate()
+    elif config.init_from:
+        base = pretrained.read_base(config.init_from)
+        config = pretrained.apply(base, config, sources)
     check_device(config.device)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -115,7 +123,7 @@ def setup(argv):
     except OSError as e:
         raise UserError(f"--out_dir {out_dir} is not writable ({e.strerror}): choose another "
                         "folder") from None
-    return config, saved
+    return config, saved, base
 
 
 def main(argv=None):
@@ -124,24 +132,42 @@ def main(argv=None):
 
 
 def train(argv):
-    config, saved = setup(argv)
+    config, saved, base = setup(argv)
     out_dir = Path(config.out_dir)
-    dataset = data.prepare(config.data, config.tokenizer, config.vocab_size)
+    if config.init_from:     # the base's tokenizer: PATH's, or on --resume the run's copy of it
+        dataset = data.prepare(config.data, base.tokenizer if base else
+                               tokenizer_io.load(out_dir / "tokenizer"))
+    else:
+        dataset = data.prepare(config.data, config.tokenizer, config.vocab_size)
     tok = dataset.tokenizer
     for split in ("train", "val"):
         if len(getattr(dataset, split)) < config.block_size + 1:
             raise UserError(f"the {split} split has {len(getattr(dataset, split))} tokens, "
                             f"fewer than block_size + 1 = {config.block_size + 1}: use more "
                             "data or a smaller --block_size")
-    tokenizer_io.save(tok, out_dir / "tokenizer")
-    model = build_model(config, tok.vocab_size)
-    n_params = model.num_parameters()
+    if saved:
+        model_config = GPTConfig.from_dict(saved[0]["model_config"])
+    elif base:
+        model_config = base.model_config(config.block_size, config.dropout)
+    else:
+        model_config = config.model_config(tok.vocab_size)
+    V = model_config.vocab_size
+    n_params = V * V if config.model == "bigram" else model_config.num_parameters()
     print(f"data: {len(dataset.train):,} train / {len(dataset.val):,} val tokens, "
           f"{config.tokenizer} tokenizer with {tok.vocab_size} tokens")
+    if dataset.meta.get("skipped_chars"):
+        print(f"note: {dataset.meta['skipped_chars']:,} characters of the text are not in the "
+              "tokenizer's vocabulary and were skipped")
+    if base:
+        cropped = model_config.block_size < base.config.block_size
+        print(f"init_from: {base.describe()}" + (f"; block_size cropped to "
+              f"{model_config.block_size}" if cropped else "") + "; optimizer state fresh")
     print(f"model: {config.model}, {n_params:,} parameters ({n_params / 1e6:.2f}M)")
-    itemsize = 8 if config.dtype == "float64" else 4
-    report.check_memory(report.estimate_memory(n_params, config, tok.vocab_size, itemsize),
-                        config.device)
+    itemsize = 8 if config.dtype == "float64" else 4        # checked before loading weights
+    report.check_memory(report.estimate_memory(n_params, config, V, itemsize), config.device)
+    model = build_model(config, model_config, base)
+    tokenizer_io.save(tok, out_dir / "tokenizer")
+    base_record = base.to_dict() if base else saved[0].get("base") if saved else None
     optimizer = nn.AdamW(nn.decay_groups(model.parameters(), config.weight_decay),
                          lr=config.learning_rate, betas=(config.beta1, config.beta2))
     rng = np.random.default_rng(config.seed)           # draws the training batches
@@ -175,7 +201,8 @@ def train(argv):
             "iter": it, "evaluated": evaluated, "best_val_loss": best_val,
             "train_config": asdict(config), "model_config": model.config.to_dict(),
             "model": config.model, "tokenizer": config.tokenizer,
-            "random_state": checkpoint.random_state(rng, config.device)})
+            "random_state": checkpoint.random_state(rng, config.device),
+            **({"base": base_record} if base_record else {})})
 
     tokens_per_step = config.batch_size * config.block_size * config.gradient_accumulation_steps
     interrupt, t_start, it = Interrupt(), time.perf_counter(), start
