@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tinygrad_gpt import finetune_batches as fb
 from tinygrad_gpt import finetune_data as fd
 from tinygrad_gpt.cli import UserError
 from tokenizer import BPETokenizer, CharTokenizer
@@ -290,9 +291,9 @@ def test_instruction_targets_are_masked_exactly_where_they_should_be(triples, ma
             expected.append((ids, len(prompt), length))
     if not expected:
         assert "every prompt is longer than --max_length" in error_of(
-            fd.InstructionBatches, items, TOK, END, max_length, batch_size, mask_prompt=mask)
+            fb.InstructionBatches, items, TOK, END, max_length, batch_size, mask_prompt=mask)
         return
-    batches = fd.InstructionBatches(items, TOK, END, max_length, batch_size, mask_prompt=mask)
+    batches = fb.InstructionBatches(items, TOK, END, max_length, batch_size, mask_prompt=mask)
     assert (batches.truncated, batches.dropped) == (truncated, dropped)
     assert batches.dropped <= batches.truncated
     rows = [(x[r], y[r]) for x, y in batches.in_order() for r in range(len(x))]
@@ -320,7 +321,7 @@ def test_classification_batches_pad_to_the_longest_and_point_at_the_last_token(
     labels = ["mid", "neg", "pos"]
     items = [{"text": t, "label": y, "split": None, "line": k + 2}
              for k, (t, y) in enumerate(texts)]
-    batches = fd.ClassificationBatches(items, TOK, labels, END, max_length, batch_size)
+    batches = fb.ClassificationBatches(items, TOK, labels, END, max_length, batch_size)
     ids = [TOK.encode_ordinary(t)[:max_length] for t, _ in texts]
     assert batches.truncated == sum(len(TOK.encode_ordinary(t)) > max_length for t, _ in texts)
     rows = 0
@@ -342,7 +343,7 @@ def test_epochs_visit_every_item_once_and_resume_from_state_is_exact(n, batch_si
     items = [{"text": "x" * (k + 1), "label": "ab"[k % 2], "line": k + 1} for k in range(n)]
 
     def make():
-        return fd.ClassificationBatches(items, TOK, ["a", "b"], END, 64, batch_size, seed)
+        return fb.ClassificationBatches(items, TOK, ["a", "b"], END, 64, batch_size, seed)
     batches = make()
     assert len(batches) == -(-n // batch_size)
     for epoch in range(3):
@@ -362,19 +363,19 @@ def test_epochs_visit_every_item_once_and_resume_from_state_is_exact(n, batch_si
 def test_batching_errors_name_the_item():
     char = CharTokenizer.train("abc ")
     items = [{"text": "abc", "label": "a", "line": 2}, {"text": "abz", "label": "b", "line": 3}]
-    message = error_of(fd.ClassificationBatches, items, char, ["a", "b"], 0, 8, 2,
+    message = error_of(fb.ClassificationBatches, items, char, ["a", "b"], 0, 8, 2,
                        source="d.csv")
     assert message.startswith("d.csv:3: cannot be encoded") and "'z'" in message
     assert "d.csv:2: the label 'a' is not one of the model's labels ['b']" in error_of(
-        fd.ClassificationBatches, items, TOK, ["b"], END, 8, 2, source="d.csv")
-    assert "--max_length 0" in error_of(fd.ClassificationBatches, items, TOK, ["a", "b"],
+        fb.ClassificationBatches, items, TOK, ["b"], END, 8, 2, source="d.csv")
+    assert "--max_length 0" in error_of(fb.ClassificationBatches, items, TOK, ["a", "b"],
                                         END, 0, 2)
-    assert "--batch_size 0" in error_of(fd.ClassificationBatches, items, TOK, ["a", "b"],
+    assert "--batch_size 0" in error_of(fb.ClassificationBatches, items, TOK, ["a", "b"],
                                         END, 8, 0)
-    assert "no items" in error_of(fd.ClassificationBatches, [], TOK, ["a"], END, 8, 2)
+    assert "no items" in error_of(fb.ClassificationBatches, [], TOK, ["a"], END, 8, 2)
 
 
 def test_special_token_text_in_data_is_ordinary_text():
     items = instruction_items([("Say <|endoftext|>", "", "ok")])
-    x, y = fd.InstructionBatches(items, TOK, END, 500, 1).next_batch()
+    x, y = fb.InstructionBatches(items, TOK, END, 500, 1).next_batch()
     assert (x[0] != END).all() and y[0, -1] == END and (y[0] == END).sum() == 1

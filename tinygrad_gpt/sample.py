@@ -2,6 +2,12 @@
 
     python -m tinygrad_gpt.sample --out_dir out --start "ROMEO:" --num_samples 2
     python -m tinygrad_gpt.sample --init_from path/to/gpt2 --start FILE:prompt.txt --top_p 0.9
+    python -m tinygrad_gpt.sample --out_dir out-instruct --instruction "Who speaks this line?" \
+        --input "To be, or not to be: that is the question:"
+
+With --instruction (and --input), the prompt is the Alpaca template that `finetune
+instruct` trains on, and each sample stops at the end token (<|endoftext|>, or a newline for
+a character-level model).
 
 Tokens are streamed to the terminal as they are generated.
 """
@@ -15,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+import nn
 from gpt import GPT
 from gpt.bigram import Bigram
 from gpt.config import GPTConfig
 import tensor.fast
 
-from . import checkpoint, tokenizer_io
+from . import checkpoint, finetune_batches, finetune_data, tokenizer_io
 from .cli import check_device, report_user_errors
 from .settings import UserError
 
@@ -34,8 +41,11 @@ def parse_args(argv):
     source.add_argument("--init_from", "--init-from", default=None, metavar="DIR",
                         help="a Hugging Face GPT-2 folder: config.json, model.safetensors, "
                              "vocab.json, merges.txt")
-    p.add_argument("--start", default="\n",
+    p.add_argument("--start", default=None,
                    help="the prompt, or FILE:path to read it from a file (default: newline)")
+    p.add_argument("--instruction", default=None,
+                   help="an instruction, formatted as `finetune instruct` trains (Alpaca)")
+    p.add_argument("--input", default="", help="the instruction's input (optional)")
     p.add_argument("--num_samples", "--num-samples", type=int, default=3)
     p.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=500)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
@@ -49,8 +59,13 @@ def parse_args(argv):
 def load_run(out_dir, device):
     """Model and tokenizer from a training run's checkpoint."""
     info, weights, _ = checkpoint.load(out_dir)
+    if info.get("mode") == "classify":
+        raise UserError(f"{out_dir} holds a classifier: use python -m tinygrad_gpt.classify "
+                        f"--out_dir {out_dir}")
     config = GPTConfig.from_dict(info["model_config"])
     model = Bigram(config) if info.get("model") == "bigram" else GPT(config)
+    if info.get("lora"):                     # a `finetune instruct --trainable lora` run
+        nn.apply_lora(model, **info["lora"])
     if weights and next(iter(weights.values())).dtype == np.float64:
         for p in model.parameters():
             p.data = p.data.astype(np.float64)
@@ -58,6 +73,8 @@ def load_run(out_dir, device):
         model.load_state_dict(weights, strict=True)
     except ValueError as e:
         raise UserError(f"checkpoint in {out_dir} does not match its config: {e}") from None
+    if info.get("lora"):
+        nn.merge_lora(model)                 # the adapters folded into their weights
     return model.to(device), tokenizer_io.load(Path(out_dir) / "tokenizer")
 
 
@@ -68,6 +85,21 @@ def load_pretrained(folder, device):
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
     return model, tokenizer_io.load(Path(folder))
+
+
+class Stopping:
+    """Streams tokens until the stop token (which is not printed), then nothing more."""
+
+    def __init__(self, streamer, stop):
+        self.streamer, self.stop, self.done = streamer, stop, False
+
+    def push(self, token_id):
+        self.done = self.done or token_id == self.stop
+        if not self.done:
+            self.streamer.push(token_id)
+
+    def flush(self):
+        return self.streamer.flush()
 
 
 def read_prompt(start):
@@ -97,16 +129,28 @@ def run(args):
         model, tok = load_pretrained(args.init_from, device)
     else:
         model, tok = load_run(args.out_dir or "out", device)
-    prompt = read_prompt(args.start)
-    ids = tokenizer_io.prompt_ids(tok, prompt)          # clear error on unknown characters
+    stop = None
+    if args.instruction is not None:
+        if args.start is not None:
+            raise UserError("--start and --instruction are two prompts: give one")
+        if not args.instruction.strip():
+            raise UserError("--instruction is empty: give the instruction")
+        from .finetune_task import end_id
+        prompt, stop = finetune_data.format_prompt(args.instruction, args.input), end_id(tok)
+        ids = finetune_batches.text_encoder(tok)(prompt)
+    else:
+        if args.input:
+            raise UserError("--input goes with --instruction")
+        prompt = read_prompt("\n" if args.start is None else args.start)
+        ids = tokenizer_io.prompt_ids(tok, prompt)      # clear error on unknown characters
     if not ids:
         raise UserError("--start is empty after tokenization: give at least one character")
     rng = np.random.default_rng(args.seed)
     for n in range(args.num_samples):
-        stream = tokenizer_io.Streamer(tok)
+        stream = Stopping(tokenizer_io.Streamer(tok), stop)
         sys.stdout.write(prompt)
         model.generate(np.asarray([ids]), args.max_new_tokens, temperature=args.temperature,
-                       top_k=args.top_k, top_p=args.top_p, rng=rng,
+                       top_k=args.top_k, top_p=args.top_p, rng=rng, stop_token=stop,
                        on_token=lambda column: stream.push(int(column[0])))
         sys.stdout.write(stream.flush() + "\n" + ("---------------\n" if n + 1 < args.num_samples
                                                   else ""))

@@ -73,6 +73,11 @@ class TrainConfig:
     parallel: str = "auto"              # auto | on | off: each batch's halves on the 2 CPU cores
     seed: int = 1337                    # seeds init, batches, dropout and samples
     overfit_batch: bool = False         # train on one fixed batch (loss should reach ~0)
+    # LoRA and export (fine-tuning)
+    lora_rank: int = 0                  # > 0: train only LoRA adapters of this rank (nn/lora.py)
+    lora_alpha: float = 16.0            # LoRA's B A is scaled by lora_alpha / lora_rank
+    lora_targets: str = "attn,mlp"      # which Linear layers of each block get adapters
+    export_hf: str = ""                 # at the end, write a merged Hugging Face GPT-2 folder here
 
     def model_config(self, vocab_size):
         """The GPTConfig of the model these settings train, for a vocab_size-token tokenizer
@@ -104,6 +109,12 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name} must be one of {', '.join(allowed)}, "
                                 f"got {getattr(self, name)!r}")
+        if self.lora_rank < 0 or not self.lora_alpha > 0:
+            raise UserError(f"--lora_rank must be >= 0 (0 = no LoRA) and --lora_alpha > 0, got "
+                            f"{self.lora_rank}, {self.lora_alpha}")
+        if self.model == "bigram" and (self.lora_rank or self.export_hf):
+            raise UserError("--lora_rank and --export_hf need --model gpt (a bigram has no "
+                            "Linear layers and no GPT-2 layout)")
         if self.parallel == "on" and self.device == "cuda":
             raise UserError("--parallel on splits batches over CPU cores; on a GPU use "
                             "--parallel off (or auto)")

@@ -38,7 +38,8 @@ from .settings import UserError
 
 # Settings a resumed run may change; the rest must match the checkpoint.
 RESUMABLE = {"max_iters", "lr_decay_iters", "eval_interval", "log_interval", "eval_iters",
-             "sample_tokens", "always_save_checkpoint", "device", "out_dir", "data"}
+             "sample_tokens", "always_save_checkpoint", "device", "out_dir", "data",
+             "export_hf"}
 
 
 def build_model(config, model_config, base=None):
@@ -166,6 +167,16 @@ def train(argv):
     itemsize = 8 if config.dtype == "float64" else 4        # checked before loading weights
     report.check_memory(report.estimate_memory(n_params, config, V, itemsize), config.device)
     model = build_model(config, model_config, base)
+    lora = None
+    if config.lora_rank:                 # only the adapters train; the rest is frozen
+        lora = {"rank": config.lora_rank, "alpha": config.lora_alpha,
+                "targets": [t.strip() for t in config.lora_targets.split(",") if t.strip()]}
+        try:
+            nn.apply_lora(model, **lora)
+        except ValueError as e:
+            raise UserError(f"--lora_targets: {e}") from None
+        print(f"LoRA: rank {config.lora_rank} on {', '.join(lora['targets'])}; "
+              f"{model.num_trainable_parameters():,} trainable parameters")
     tokenizer_io.save(tok, out_dir / "tokenizer")
     base_record = base.to_dict() if base else saved[0].get("base") if saved else None
     optimizer = nn.AdamW(nn.decay_groups(model.parameters(), config.weight_decay),
@@ -201,7 +212,7 @@ def train(argv):
             "iter": it, "evaluated": evaluated, "best_val_loss": best_val,
             "train_config": asdict(config), "model_config": model.config.to_dict(),
             "model": config.model, "tokenizer": config.tokenizer,
-            "random_state": checkpoint.random_state(rng, config.device),
+            "random_state": checkpoint.random_state(rng, config.device), "lora": lora,
             **({"base": base_record} if base_record else {})})
 
     tokens_per_step = config.batch_size * config.block_size * config.gradient_accumulation_steps
@@ -260,6 +271,12 @@ def train(argv):
     wall = time.perf_counter() - t_start
     if report.plot_losses(metrics, out_dir / "loss.png"):
         print(f"loss curve: {out_dir / 'loss.png'}")
+    if config.export_hf:
+        if lora:
+            nn.merge_lora(model)          # the adapters folded into their weights
+        model.save_pretrained(config.export_hf)
+        tokenizer_io.save(tok, config.export_hf)
+        print(f"exported a Hugging Face GPT-2 folder to {config.export_hf}")
     steps_done = config.max_iters - start
     print(f"done: {n_params:,} parameters, {steps_done * tokens_per_step:,} tokens seen in "
           f"{wall:.1f} s ({steps_done * tokens_per_step / max(wall, 1e-9):,.0f} tokens/s), "

@@ -1,0 +1,282 @@
+"""python -m tinygrad_gpt.finetune classify|instruct: fine-tune a pretrained GPT on a task.
+
+    python -m tinygrad_gpt.finetune classify --init_from out --out_dir out-classify
+    python -m tinygrad_gpt.finetune classify --init_from gpt2/ --data spam.csv --trainable lora
+    python -m tinygrad_gpt.finetune instruct --init_from gpt2/ --data alpaca.json
+
+classify (Raschka ch. 6): a head C -> n_classes on the last real token's hidden state
+(gpt/classifier.py), trained on a CSV/TSV/JSON Lines file of text and label; reports loss and
+accuracy per evaluation, then test accuracy and a confusion matrix (tinygrad_gpt/classify.py).
+instruct (Raschka ch. 7): the language model itself on Alpaca-format instructions, the loss
+only on the responses (tinygrad_gpt/instruct.py). Without --data both use tasks made from the
+embedded Shakespeare (tinygrad_gpt/shakespeare_tasks.py). --init_from is a Hugging Face
+GPT-2 folder or one of our runs (default: out, what python -m tinygrad_gpt.train writes).
+
+The loop, the checkpoints (atomic; --resume continues bit-exactly on the CPU), Ctrl-C and NaN
+handling are train's; the task decides the data, the loss and what an evaluation reports.
+"""
+if __name__ == "__main__":     # run as a program: tune this process's OpenBLAS before NumPy
+    import os                  # loads it (idle BLAS threads sleep at once; tensor/fast)
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import argparse
+import difflib
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import nn
+import tensor
+import tensor.fast
+
+from tensor import backend
+
+from . import checkpoint, report, tokenizer_io
+from .cli import UserError, check_device, report_user_errors
+from .settings import parse_bool
+from .train import Interrupt
+
+MODES = ("classify", "instruct")
+TRAINABLE = ("head", "last_block", "all", "lora")
+
+
+@dataclass
+class FinetuneConfig:
+    mode: str = "classify"              # classify | instruct (the sub-command)
+    init_from: str = "out"              # a Hugging Face GPT-2 folder or one of our run folders
+    data: str = ""                      # the task's file ("" = made from the embedded Shakespeare)
+    out_dir: str = ""                   # checkpoints, metrics.jsonl, plots ("" = out-<mode>)
+    text_column: str = "text"           # classify: the column holding the text
+    label_column: str = "label"         # classify: the column holding the label
+    trainable: str = ""                 # head | last_block | all | lora ("" = last_block for
+    #                                     classify, all for instruct)
+    epochs: int = 0                     # passes over the train split (0 = use max_iters)
+    max_iters: int = 0                  # optimizer steps; when given it wins over epochs
+    batch_size: int = 8                 # items per step
+    learning_rate: float = 5e-5         # AdamW's (constant) learning rate
+    weight_decay: float = 0.1           # AdamW decay on 2-D weights
+    grad_clip: float = 1.0              # clip the global gradient norm to this (0 = off)
+    eval_interval: int = 0              # evaluate (and checkpoint) every this many steps (0 =
+    #                                     at the end of every epoch)
+    max_length: int = 0                 # truncate items to this many tokens (0 = block_size)
+    mask_prompt: bool = True            # instruct: only response tokens count in the loss
+    dropout: float = 0.0                # dropout while fine-tuning
+    lora_rank: int = 8                  # --trainable lora: the rank r of B A
+    lora_alpha: float = 16.0            # --trainable lora: B A is scaled by alpha / r
+    lora_targets: str = "attn,mlp"      # --trainable lora: which Linear layers get adapters
+    responses: int = 10                 # instruct: val items answered in responses.md
+    max_new_tokens: int = 64            # instruct: response length cap in responses.md
+    export_hf: str = ""                 # write a merged Hugging Face GPT-2 folder here at the end
+    device: str = "cpu"                 # cpu | cuda
+    seed: int = 123                     # seeds the split, the head, LoRA, shuffling, dropout
+
+    def validate(self):
+        if self.mode not in MODES:
+            raise UserError(f"unknown task {self.mode!r}: choose classify or instruct")
+        if self.trainable not in TRAINABLE + ("",):
+            raise UserError(f"--trainable must be one of {', '.join(TRAINABLE)}, got "
+                            f"{self.trainable!r}")
+        if self.mode == "instruct" and self.trainable in ("head", "last_block"):
+            raise UserError(f"--trainable {self.trainable} is for classify; instruct trains "
+                            "all or lora")
+        for name in ("batch_size", "responses", "max_new_tokens", "lora_rank"):
+            if getattr(self, name) < 1 and not (name == "responses" and self.responses == 0):
+                raise UserError(f"--{name} must be a positive integer, got "
+                                f"{getattr(self, name)}")
+        for name in ("epochs", "max_iters", "eval_interval", "max_length", "weight_decay",
+                     "grad_clip"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if not self.learning_rate > 0 or not self.lora_alpha > 0:
+            raise UserError("--learning_rate and --lora_alpha must be > 0")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.device not in ("cpu", "cuda"):
+            raise UserError(f"--device must be cpu or cuda, got {self.device!r}")
+        return self
+
+    @property
+    def trainable_part(self):
+        return self.trainable or ("last_block" if self.mode == "classify" else "all")
+
+
+FIELDS = {f.name: f for f in fields(FinetuneConfig) if f.name != "mode"}
+
+
+def parse(argv):
+    """argv (the sub-command first) -> (FinetuneConfig, resume, keys given explicitly)."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.split("\n\n")[0] + "\n\nsettings (--key value or --key=value):")
+        for name, f in FIELDS.items():
+            print(f"  --{name:<16} default {f.default!r}")
+        raise SystemExit(0)
+    mode, values, resume = argv[0], {}, False
+    if mode not in MODES:
+        raise UserError(f"unknown task {mode!r}: python -m tinygrad_gpt.finetune classify|"
+                        "instruct --init_from PATH ...")
+    rest = list(argv[1:])
+    while rest:
+        arg = rest.pop(0)
+        if not arg.startswith("--"):
+            raise UserError(f"unexpected argument {arg!r}: settings look like --key value")
+        key, eq, value = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if key == "resume":
+            resume = parse_bool(value) if eq else True
+            continue
+        if key not in FIELDS:
+            close = difflib.get_close_matches(key, list(FIELDS) + ["resume"], n=1)
+            raise UserError(f"unknown setting --{key}" + (f"; did you mean --{close[0]}?"
+                                                          if close else "; see --help"))
+        if key in values:
+            raise UserError(f"--{key} is given twice: keep one")
+        if not eq:
+            is_bool = isinstance(FIELDS[key].default, bool)
+            if rest and not rest[0].startswith("--"):
+                value = rest.pop(0)
+            elif is_bool:
+                value = "true"
+            else:
+                raise UserError(f"--{key} needs a value")
+        values[key] = convert(key, value)
+    config = FinetuneConfig(mode=mode, **values).validate()
+    if not config.out_dir:
+        config.out_dir = f"out-{mode}"
+    return config, resume, sorted(values)
+
+
+def convert(key, text):
+    """A command-line value as the setting's type, or a one-line error."""
+    kind = type(FIELDS[key].default)
+    try:
+        if kind is bool:
+            return parse_bool(text)
+        if kind is int:
+            number = float(text)
+            if not number.is_integer() or abs(number) > 2**62:
+                raise ValueError
+            return int(number)
+        if kind is float and not math.isfinite(float(text)):
+            raise ValueError
+        return kind(text)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise UserError(f"--{key} expects {kind.__name__}, got {text!r}") from None
+
+
+def main(argv=None):
+    with tensor.fast.on():              # the CPU speed machinery, for this command only
+        return report_user_errors(finetune, sys.argv[1:] if argv is None else argv)
+
+
+def finetune(argv):
+    config, resume, explicit = parse(argv)
+    from .classify import ClassifyTask
+    from .instruct import InstructTask
+    out_dir = Path(config.out_dir)
+    saved = checkpoint.load(out_dir) if resume else None
+    if saved:
+        stored = saved[0]["finetune_config"]
+        changed = [k for k in explicit if k not in ("max_iters", "epochs", "out_dir",
+                                                    "device", "responses", "export_hf")
+                   and getattr(config, k) != stored[k]]
+        if changed or stored["mode"] != config.mode:
+            raise UserError(f"--resume: {', '.join('--' + k for k in changed) or 'the task'} "
+                            f"differ from the checkpoint in {out_dir}")
+        config = FinetuneConfig(**{**stored, **{k: getattr(config, k) for k in explicit}})
+    check_device(config.device)
+    if not saved:
+        check_writable(out_dir)
+    tensor.manual_seed(config.seed)    # the head's and LoRA's initial weights, then dropout
+    task = (ClassifyTask if config.mode == "classify" else InstructTask)(config, saved)
+    if not saved:                  # every input checked: only now is anything written
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer_io.save(task.tok, out_dir / "tokenizer")
+    model = task.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_train, n_all = sum(p.size for p in params), model.num_parameters()
+    print(f"trainable: {config.trainable_part}, {n_train:,} of {n_all:,} parameters "
+          f"({100 * n_train / n_all:.2f}%)")
+    optimizer = nn.AdamW(nn.decay_groups(params, config.weight_decay), lr=config.learning_rate,
+                         betas=(0.9, 0.999))
+    steps_per_epoch = task.steps_per_epoch()
+    total = config.max_iters or (config.epochs or task.default_epochs) * steps_per_epoch
+    interval = config.eval_interval or steps_per_epoch
+    start = 0
+    if saved:
+        info, weights, optim_state = saved
+        model.load_state_dict(weights, strict=True)
+        optimizer.load_state_dict(optim_state)
+        start = info["iter"]
+        backend.set_random_state(config.device, info["dropout_state"])
+        print(f"resuming from step {start}")
+    metrics = report.Metrics(out_dir, truncate_after=start if saved else None)
+
+    def save(it):
+        checkpoint.save(out_dir, model, optimizer, {
+            "iter": it, "evaluated": True, "finetune_config": asdict(config), **task.info(),
+            "dropout_state": backend.random_state(config.device)})
+
+    interrupt, t0 = Interrupt(), time.perf_counter()
+    try:
+        for it in range(start, total):
+            batch = task.batch(it)             # epoch it // steps_per_epoch, shuffled by seed
+            optimizer.zero_grad()
+            loss = task.loss(model, batch)
+            loss.backward()
+            value = float(loss.item())
+            if not math.isfinite(value):
+                raise_nan(it, value, out_dir)
+            if config.grad_clip:
+                nn.clip_grad_norm(params, config.grad_clip)
+            optimizer.step()
+            metrics.write(iter=it, loss=value)             # as train: the step's index
+            if (it + 1) % interval == 0 or it + 1 == total:
+                scores = task.evaluate(model)
+                metrics.write(iter=it + 1, **scores)
+                print(f"step {it + 1}/{total} (epoch {(it + 1) / steps_per_epoch:.2f}): "
+                      + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), flush=True)
+                save(it + 1)
+            if interrupt.requested:
+                save(it + 1)
+                print(f"interrupted: checkpoint saved at step {it + 1} in {out_dir}; "
+                      "continue with --resume")
+                return 130
+    finally:
+        interrupt.restore()
+    print(f"fine-tuned {total - start} steps in {time.perf_counter() - t0:.1f} s")
+    task.finish(model, metrics)
+    if config.export_hf:
+        task.export_hf(model, Path(config.export_hf))
+        print(f"exported a merged Hugging Face GPT-2 folder to {config.export_hf}")
+    return 0
+
+
+def check_writable(out_dir):
+    """--out_dir can be written (it, or the nearest folder above it that exists), without
+    creating anything yet."""
+    folder = out_dir
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"--out_dir {out_dir} is not writable ({folder} is not a writable "
+                        "folder): choose another folder")
+    if (out_dir / "ckpt.json").exists():
+        raise UserError(f"--out_dir {out_dir} already holds a run: continue it with --resume, "
+                        "or choose another folder")
+
+
+def raise_nan(it, loss, out_dir):
+    last = checkpoint.last_iter(out_dir)
+    kept = f"the last good checkpoint (step {last}) in {out_dir} is intact" \
+        if last is not None else "no checkpoint was written yet"
+    print(f"error: the loss became {loss} at step {it}; stopping. {kept}. Try a lower "
+          "--learning_rate.", file=sys.stderr)
+    raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    from .cli import run as run_cli
+    run_cli(main)

@@ -1,0 +1,110 @@
+"""What the two fine-tuning tasks share: the base model and its tokenizer, which parameters
+train (--trainable, LoRA), the end-of-text id, and the run folder's layout.
+
+A fine-tuning run folder (--out_dir) holds, as a training run does, ckpt.json +
+ckpt-<step>.safetensors (every weight, the optimizer state) and tokenizer/; ckpt.json also
+keeps the base model's config, the task's labels and the LoRA settings, so a resumed run,
+`python -m tinygrad_gpt.classify` and `python -m tinygrad_gpt.sample --out_dir` rebuild
+the same model without reading --init_from again.
+"""
+from pathlib import Path
+
+import nn
+from gpt import GPT, GPTConfig
+
+from . import tokenizer_io
+from .cli import UserError
+from .pretrained import read_base
+
+END_OF_TEXT = "<|endoftext|>"
+
+
+def end_id(tok):
+    """The id that pads batches and ends a response: <|endoftext|>, or, for a tokenizer
+    without one (a character-level model trained here), the newline's id."""
+    special = getattr(tok, "special_tokens", {})
+    if END_OF_TEXT in special:
+        return special[END_OF_TEXT]
+    stoi = getattr(tok, "stoi", {})
+    if "\n" in stoi:
+        return stoi["\n"]
+    raise UserError("the tokenizer has neither <|endoftext|> nor a newline to end a response "
+                    "with: fine-tune a model whose tokenizer has one")
+
+
+def lora_settings(config):
+    targets = tuple(t.strip() for t in config.lora_targets.split(",") if t.strip())
+    return {"rank": config.lora_rank, "alpha": config.lora_alpha, "targets": list(targets)}
+
+
+class Task:
+    """Base of ClassifyTask and InstructTask: self.body (a GPT), self.tok, self.model."""
+
+    default_epochs = 3
+
+    def __init__(self, config, saved):
+        self.config = config
+        out_dir = Path(config.out_dir)
+        if saved:                                   # --resume: all from the run folder
+            info = saved[0]
+            self.body = GPT(GPTConfig.from_dict(info["model_config"]))
+            self.tok = tokenizer_io.load(out_dir / "tokenizer")
+            self.base_info = info.get("base", {})
+        else:
+            base = read_base(config.init_from)      # shape and tokenizer, no weights yet
+            if base.model != "gpt":
+                raise UserError(f"--init_from {config.init_from} is a {base.model} model: "
+                                "fine-tune a GPT")
+            stored = base.config.block_size
+            if config.max_length > stored:
+                raise UserError(f"--max_length {config.max_length} is longer than the model's "
+                                f"context ({stored} tokens): use {stored} or less")
+            self.body = base.load(config.device, block_size=config.max_length or None,
+                                  dropout=config.dropout)
+            self.tok, self.base_info = base.tokenizer, base.to_dict()
+            print(f"base: {base.describe()}")
+        self.end_id = end_id(self.tok)
+        self.max_length = self.body.config.block_size
+
+    def set_trainable(self, model, prefixes):
+        """--trainable: freeze every parameter, then unfreeze `prefixes` (all: none frozen);
+        lora: adapters on the body's Linear layers (nn.apply_lora freezes the rest of it)."""
+        part = self.config.trainable_part
+        if part == "lora":
+            try:
+                nn.apply_lora(self.body, **lora_settings(self.config))
+            except ValueError as e:
+                raise UserError(f"--lora_targets: {e}") from None
+            return model
+        if part != "all":
+            model.freeze()
+            model.unfreeze(*prefixes)
+        return model
+
+    def info(self):
+        lora = lora_settings(self.config) if self.config.trainable_part == "lora" else None
+        return {"model_config": self.body.config.to_dict(), "model": "gpt", "lora": lora,
+                "base": self.base_info, "mode": self.config.mode}
+
+    def steps_per_epoch(self):
+        return len(self.train_batches)
+
+    def batch(self, it):
+        """Step it's batch: epoch it // steps_per_epoch, shuffled by (seed, epoch)."""
+        n = len(self.train_batches)
+        epoch, k = divmod(it, n)
+        order = self.train_batches.order(epoch)
+        size = self.train_batches.batch_size
+        return self.train_batches.collate(order[k * size:(k + 1) * size])
+
+    def merged_body(self):
+        """The body as a plain GPT (LoRA adapters folded into their weights)."""
+        if self.config.trainable_part == "lora":
+            nn.merge_lora(self.body)
+        return self.body
+
+    def export_hf(self, model, folder):
+        """A Hugging Face GPT-2 folder of the (merged) language model and its tokenizer."""
+        body = self.merged_body()
+        body.save_pretrained(folder)
+        tokenizer_io.save(self.tok, folder)
