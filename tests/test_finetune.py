@@ -82,7 +82,7 @@ def test_classify_writes_metrics_results_and_a_checkpoint(base, labeled, tmp_pat
     assert "test: accuracy" in text and "confusion matrix" in text
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "val_acc" in r]
-    assert [r["iter"] for r in evals] == [3, 6]
+    assert [r["iter"] for r in evals] == [0, 3, 6]             # the base first
     assert all(0 <= r["val_acc"] <= 1 and r["train_loss"] > 0 for r in evals)
     results = json.loads((out / "results.json").read_text())
     assert results["labels"] == ["neg", "pos"]
@@ -202,3 +202,38 @@ def test_bad_data_and_context_are_refused_before_writing(base, tmp_path, capsys)
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
         assert not out.exists()
+
+
+def test_instruct_resumes_bit_exactly_and_exports_the_merged_lm(base, instructions, tmp_path):
+    common = ["instruct", "--init_from", str(base), "--data", str(instructions), "--batch_size",
+              "4", "--learning_rate", "1e-3", "--responses", "0", "--trainable", "lora",
+              "--lora_rank", "2", "--dropout", "0.1", "--eval_interval", "2"]
+    straight, split, exported = tmp_path / "a", tmp_path / "b", tmp_path / "hf"
+    assert run(common + ["--out_dir", str(straight), "--max_iters", "4",
+                         "--export_hf", str(exported)]) == 0
+    assert run(common + ["--out_dir", str(split), "--max_iters", "2"]) == 0
+    assert run(common + ["--out_dir", str(split), "--max_iters", "4", "--resume"]) == 0
+    a, b = weights(straight), weights(split)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    lora_model, _ = sample.load_run(straight, "cpu")                  # adapters merged on load
+    lora_model.eval()                                                  # (it trained with dropout)
+    ids = np.array([[3, 1, 4, 1, 5]])
+    np.testing.assert_allclose(GPT.from_pretrained(exported)(ids)[0].data,
+                               lora_model(ids)[0].data, rtol=1e-5, atol=1e-6)
+
+
+def test_the_train_estimate_samples_the_whole_split_not_its_first_items():
+    """A file sorted by label must not make the train accuracy the first class's share."""
+    from tinygrad_gpt.finetune_batches import Batches
+    from tinygrad_gpt.finetune_task import Task
+
+    class Items(Batches):
+        def collate(self, indices):
+            return np.asarray(indices)
+    batches = Items(1000, 8, seed=0)
+    seen = np.concatenate(list(Task.eval_batches(None, batches, limit=5)))
+    assert len(seen) == 40 == len(set(seen.tolist()))
+    assert seen.min() < 250 and seen.max() > 750                  # spread over the split
+    assert np.array_equal(seen, np.concatenate(list(Task.eval_batches(None, batches, 5))))
+    whole = np.concatenate(list(Task.eval_batches(None, batches)))
+    assert np.array_equal(whole, np.arange(1000))

@@ -83,9 +83,7 @@ class ClassifyTask(Task):
         model.eval()
         truth, guess, total, n = [], [], 0.0, 0
         with no_grad():
-            for k, (x, last, y) in enumerate(batches.in_order()):
-                if limit is not None and k >= limit:
-                    break
+            for x, last, y in self.eval_batches(batches, limit):
                 logits, loss = model(x, last, y)
                 truth.append(y)
                 guess.append(np.asarray(logits.data).argmax(axis=1))

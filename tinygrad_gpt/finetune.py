@@ -219,6 +219,8 @@ def finetune(argv):
             "iter": it, "evaluated": True, "finetune_config": asdict(config), **task.info(),
             "dropout_state": backend.random_state(config.device)})
 
+    if start == 0:                       # where the base starts from, for the curves
+        report_scores(0, total, steps_per_epoch, task.evaluate(model), metrics)
     interrupt, t0 = Interrupt(), time.perf_counter()
     try:
         for it in range(start, total):
@@ -234,10 +236,7 @@ def finetune(argv):
             optimizer.step()
             metrics.write(iter=it, loss=value)             # as train: the step's index
             if (it + 1) % interval == 0 or it + 1 == total:
-                scores = task.evaluate(model)
-                metrics.write(iter=it + 1, **scores)
-                print(f"step {it + 1}/{total} (epoch {(it + 1) / steps_per_epoch:.2f}): "
-                      + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), flush=True)
+                report_scores(it + 1, total, steps_per_epoch, task.evaluate(model), metrics)
                 save(it + 1)
             if interrupt.requested:
                 save(it + 1)
@@ -252,6 +251,12 @@ def finetune(argv):
         task.export_hf(model, Path(config.export_hf))
         print(f"exported a merged Hugging Face GPT-2 folder to {config.export_hf}")
     return 0
+
+
+def report_scores(it, total, steps_per_epoch, scores, metrics):
+    metrics.write(iter=it, **scores)
+    print(f"step {it}/{total} (epoch {it / steps_per_epoch:.2f}): "
+          + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), flush=True)
 
 
 def check_writable(out_dir):

@@ -9,6 +9,8 @@ the same model without reading --init_from again.
 """
 from pathlib import Path
 
+import numpy as np
+
 import nn
 from gpt import GPT, GPTConfig
 
@@ -96,6 +98,19 @@ class Task:
         order = self.train_batches.order(epoch)
         size = self.train_batches.batch_size
         return self.train_batches.collate(order[k * size:(k + 1) * size])
+
+    def eval_batches(self, batches, limit=None):
+        """Every batch of `batches` in item order, or, with limit, `limit` batches of a fixed
+        seeded sample of its items (the train split's estimate: the same items at every
+        evaluation, drawn from the whole split, not its first items, which a file may hold
+        sorted by label)."""
+        if limit is None or limit * batches.batch_size >= batches.n:
+            yield from batches.in_order()
+            return
+        picked = np.sort(np.random.default_rng(0).permutation(batches.n)[:limit *
+                                                                          batches.batch_size])
+        for k in range(0, len(picked), batches.batch_size):
+            yield batches.collate(picked[k:k + batches.batch_size])
 
     def merged_body(self):
         """The body as a plain GPT (LoRA adapters folded into their weights)."""

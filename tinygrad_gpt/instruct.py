@@ -76,9 +76,7 @@ class InstructTask(Task):
         model.eval()
         total, n = 0.0, 0
         with no_grad():
-            for k, (x, y) in enumerate(batches.in_order()):
-                if limit is not None and k >= limit:
-                    break
+            for x, y in self.eval_batches(batches, limit):
                 counted = int((y != finetune_data.IGNORE_INDEX).sum())
                 total, n = total + float(model(x, y)[1].item()) * counted, n + counted
         model.train()
