@@ -237,3 +237,61 @@ def test_the_train_estimate_samples_the_whole_split_not_its_first_items():
     assert np.array_equal(seen, np.concatenate(list(Task.eval_batches(None, batches, 5))))
     whole = np.concatenate(list(Task.eval_batches(None, batches)))
     assert np.array_equal(whole, np.arange(1000))
+
+
+def test_classify_reads_a_file_of_texts_and_refuses_bad_ones(base, labeled, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(classify_args(base, labeled, out, max_iters=2, eval_interval=2)) == 0
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the day was good\n\nthe day was awful and grim\n")
+    capsys.readouterr()
+    assert classify.main(["--out_dir", str(out), "--file", str(texts)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[2] for line in lines] == ["the day was good",
+                                                      "the day was awful and grim"]
+    texts.write_bytes(b"\xff\xfe bad")
+    assert classify.main(["--out_dir", str(out), "--file", str(texts)]) == 2
+    assert "UTF-8" in capsys.readouterr().err
+    assert classify.main(["--out_dir", str(tmp_path / "none"), "--text", "hi"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes(base, labeled, tmp_path, monkeypatch, capsys):
+    """A real SIGINT in the middle of step 2: the step finishes, a checkpoint is saved at
+    step 2, exit 130; --resume then finishes the run."""
+    import os
+    import signal
+    from tinygrad_gpt.classify import ClassifyTask
+    real = ClassifyTask.loss
+
+    def interrupted_in_step_two(self, model, batch):
+        self.steps = getattr(self, "steps", 0) + 1
+        if self.steps == 2:
+            os.kill(os.getpid(), signal.SIGINT)          # as Ctrl-C would
+        return real(self, model, batch)
+    monkeypatch.setattr(ClassifyTask, "loss", interrupted_in_step_two)
+    out = tmp_path / "run"
+    assert run(classify_args(base, labeled, out, eval_interval=100)) == 130
+    assert checkpoint.last_iter(out) == 2 and "--resume" in capsys.readouterr().out
+    monkeypatch.setattr(ClassifyTask, "loss", real)
+    assert run(classify_args(base, labeled, out, "--resume", eval_interval=100)) == 0
+    assert checkpoint.last_iter(out) == 6
+
+
+def test_a_nan_loss_stops_and_keeps_the_last_checkpoint(base, labeled, tmp_path, monkeypatch,
+                                                       capsys):
+    from tinygrad_gpt.classify import ClassifyTask
+    real = ClassifyTask.loss
+
+    def nan_after_three(self, model, batch):
+        loss = real(self, model, batch)
+        self.steps = getattr(self, "steps", 0) + 1
+        return loss * float("nan") if self.steps > 3 else loss
+    monkeypatch.setattr(ClassifyTask, "loss", nan_after_three)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        run(classify_args(base, labeled, out, eval_interval=2))
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert "became nan at step 3" in err and "step 2" in err and "intact" in err
+    assert checkpoint.last_iter(out) == 2
