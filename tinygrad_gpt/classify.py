@@ -30,7 +30,7 @@ from gpt.hf import config_to_hf, to_hf_state_dict
 from tensor import no_grad
 from tensor.functional import softmax
 
-from . import checkpoint, finetune_batches, finetune_data, tokenizer_io
+from . import checkpoint, finetune_batches, finetune_data, report, tokenizer_io
 from .cli import UserError, check_device, report_user_errors
 from .finetune_task import Task, end_id
 
@@ -118,7 +118,7 @@ class ClassifyTask(Task):
         (out / "results.json").write_text(json.dumps({
             "test_accuracy": accuracy, "test_loss": loss, "labels": self.labels,
             "per_class_accuracy": per_class, "confusion": confusion.tolist()}, indent=2) + "\n")
-        if plot_scores(metrics, out / "metrics.png"):
+        if report.plot_scores(metrics, out / "metrics.png"):
             print(f"curves: {out / 'metrics.png'}; results: {out / 'results.json'}")
 
     def info(self):
@@ -139,32 +139,6 @@ class ClassifyTask(Task):
             "pad_token_id": self.end_id}
         (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         tokenizer_io.save(self.tok, folder)
-
-
-def plot_scores(metrics, path):
-    """Loss and accuracy per evaluation (train and val) side by side; False without
-    matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    evals = [r for r in metrics.read() if "val_loss" in r]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, label in ((axes[0], "loss", "cross-entropy loss"), (axes[1], "acc",
-                                                                      "accuracy")):
-        for split in ("train", "val"):
-            ax.plot([r["iter"] for r in evals], [r[f"{split}_{key}"] for r in evals], "o-",
-                    label=split)
-        ax.set_xlabel("step")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
 
 
 # ----- python -m tinygrad_gpt.classify ------------------------------------------------------

@@ -78,13 +78,21 @@ class Metrics:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line]
 
 
-def plot_losses(metrics, path):
-    """Train (per logged iteration) and eval curves to a PNG; skipped without matplotlib."""
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, or None without matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plot_losses(metrics, path):
+    """Train (per logged iteration) and eval curves to a PNG; skipped without matplotlib."""
+    plt = pyplot()
+    if plt is None:
         return False
     rows = metrics.read()
     steps = [r for r in rows if "loss" in r]
@@ -98,6 +106,29 @@ def plot_losses(metrics, path):
     ax.set_ylabel("cross-entropy loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_scores(metrics, path):
+    """Loss and accuracy per evaluation (train and val) side by side; False without
+    matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return False
+    evals = [r for r in metrics.read() if "val_loss" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "loss", "cross-entropy loss"), (axes[1], "acc",
+                                                                      "accuracy")):
+        for split in ("train", "val"):
+            ax.plot([r["iter"] for r in evals], [r[f"{split}_{key}"] for r in evals], "o-",
+                    label=split)
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
