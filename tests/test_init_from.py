@@ -19,6 +19,7 @@ from gpt import GPT, GPTConfig
 from gpt.hf import config_to_hf, from_hf_state_dict, to_hf_state_dict
 from tensor import no_grad
 from test_hf import numpy_gpt2
+from test_train import metrics, run
 from tinygrad_gpt import checkpoint, data, pretrained, report, tokenizer_io, train
 from tinygrad_gpt.checkpoint import load
 from tinygrad_gpt.cli import UserError
@@ -81,15 +82,6 @@ def corpus(tmp_path, monkeypatch):
     path = tmp_path / "small.txt"
     path.write_text(TEXT, encoding="utf-8")
     return path
-
-
-def run(args, expect=0):
-    code = train.main(args)
-    assert code == expect, f"train exited with {code}, expected {expect}"
-
-
-def metrics(out_dir):
-    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def first_eval(out_dir):

@@ -194,3 +194,9 @@ def test_sources_name_the_preset_the_file_and_the_command_line(tmp_path):
     assert "seed" not in sources and config.init_from == "x"
     assert parse(["--preset=baby-gpt", f"--config={toml}", "--max_iters=9"])[2] == \
         ["max_iters"]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e999"])
+def test_a_float_setting_must_be_a_finite_number(value):
+    with pytest.raises(UserError, match="--learning_rate expects float"):
+        parse([f"--learning_rate={value}"])

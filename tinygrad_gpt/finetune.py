@@ -19,8 +19,6 @@ if __name__ == "__main__":     # run as a program: tune this process's OpenBLAS 
     import os                  # loads it (idle BLAS threads sleep at once; tensor/fast)
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-import argparse
-import difflib
 import math
 import os
 import sys
@@ -36,7 +34,7 @@ from tensor import backend
 
 from . import checkpoint, report, tokenizer_io
 from .cli import UserError, check_device, report_user_errors
-from .settings import parse_bool
+from .settings import convert, parse_bool, unknown_key
 from .train import Interrupt
 
 MODES = ("classify", "instruct")
@@ -128,9 +126,7 @@ def parse(argv):
             resume = parse_bool(value) if eq else True
             continue
         if key not in FIELDS:
-            close = difflib.get_close_matches(key, list(FIELDS) + ["resume"], n=1)
-            raise UserError(f"unknown setting --{key}" + (f"; did you mean --{close[0]}?"
-                                                          if close else "; see --help"))
+            raise unknown_key(key, list(FIELDS) + ["resume"])
         if key in values:
             raise UserError(f"--{key} is given twice: keep one")
         if not eq:
@@ -141,29 +137,11 @@ def parse(argv):
                 value = "true"
             else:
                 raise UserError(f"--{key} needs a value")
-        values[key] = convert(key, value)
+        values[key] = convert(key, value, FinetuneConfig)
     config = FinetuneConfig(mode=mode, **values).validate()
     if not config.out_dir:
         config.out_dir = f"out-{mode}"
     return config, resume, sorted(values)
-
-
-def convert(key, text):
-    """A command-line value as the setting's type, or a one-line error."""
-    kind = type(FIELDS[key].default)
-    try:
-        if kind is bool:
-            return parse_bool(text)
-        if kind is int:
-            number = float(text)
-            if not number.is_integer() or abs(number) > 2**62:
-                raise ValueError
-            return int(number)
-        if kind is float and not math.isfinite(float(text)):
-            raise ValueError
-        return kind(text)
-    except (ValueError, argparse.ArgumentTypeError):
-        raise UserError(f"--{key} expects {kind.__name__}, got {text!r}") from None
 
 
 def main(argv=None):

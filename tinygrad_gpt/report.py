@@ -89,6 +89,14 @@ def pyplot():
     return plt
 
 
+def save(plt, fig, path):
+    """Write the figure as a PNG and free it; True (the plotters' "written")."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def plot_losses(metrics, path):
     """Train (per logged iteration) and eval curves to a PNG; skipped without matplotlib."""
     plt = pyplot()
@@ -106,10 +114,7 @@ def plot_losses(metrics, path):
     ax.set_ylabel("cross-entropy loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return save(plt, fig, path)
 
 
 def plot_scores(metrics, path):
@@ -129,7 +134,4 @@ def plot_scores(metrics, path):
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return save(plt, fig, path)

@@ -16,6 +16,7 @@ import argparse
 import difflib
 import functools
 import inspect
+import math
 import re
 from dataclasses import dataclass, fields
 
@@ -169,9 +170,11 @@ def parse_bool(text):
     raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
 
 
-def convert(name, value):
-    """A value from TOML or the command line, as the field's type (clear error if it isn't)."""
-    kind = type(getattr(TrainConfig, name))
+def convert(name, value, config_class=None):
+    """A value from TOML or the command line, as the type of the field `name` of
+    config_class (TrainConfig unless given): a clear error if it isn't one (NaN and
+    infinities are not numbers a setting can take)."""
+    kind = type(getattr(config_class or TrainConfig, name))
     try:
         if kind is bool:
             return value if isinstance(value, bool) else parse_bool(value)
@@ -179,13 +182,18 @@ def convert(name, value):
             raise ValueError
         if kind is int and isinstance(value, str):
             return int(float(value)) if float(value).is_integer() else int(value)
+        if kind is float and not math.isfinite(float(value)):
+            raise ValueError
         return kind(value)
-    except (ValueError, TypeError, argparse.ArgumentTypeError):
+    except (ValueError, TypeError, OverflowError, argparse.ArgumentTypeError):
         raise UserError(f"--{name} expects {kind.__name__}, got {value!r}") from None
 
 
-def unknown_key(key):
-    close = difflib.get_close_matches(key, list(FIELDS) + ["preset", "config", "resume"], n=1)
+def unknown_key(key, names=None):
+    """The UserError for an unknown --key, suggesting the closest of `names` (TrainConfig's
+    settings and the train command's own flags unless given)."""
+    names = list(FIELDS) + ["preset", "config", "resume"] if names is None else names
+    close = difflib.get_close_matches(key, names, n=1)
     hint = f"; did you mean --{close[0]}?" if close else "; see --help for the settings"
     return UserError(f"unknown setting --{key}{hint}")
 
