@@ -3,6 +3,7 @@
     python benchmarks/bench_finetune.py                     # 2 rounds x 4 steps per child
     python benchmarks/bench_finetune.py --rounds 3 --steps 6 --json out.json
     python benchmarks/bench_finetune.py --quick             # smoke run, a tiny model
+    python benchmarks/bench_finetune.py --gemm --kinds ours-last_block,torch-last_block
 
 One step = zero_grad, forward, the language-model loss, backward, clipping, AdamW over the
 trainable parameters: what `train --init_from` (full), `--lora_rank 8` (LoRA on attn+mlp)
@@ -18,6 +19,12 @@ a full step is forward F plus backward 2F (dx and dW of every product); last-blo
 forward F, the LM head's dx (its dW belongs to the frozen embedding) and the last block's
 dx and dW; LoRA keeps F and every dx, dropping every frozen dW (the adapters' products are
 r/C of that). A frozen mode should be faster than full by at least about that share.
+
+--gemm splits each step into its Linear products and the rest: after the timed steps the
+child profiles two more (cProfile over ours, counting tensor/linear.py and tensor/lora.py;
+torch.profiler over PyTorch's, counting aten::mm and aten::addmm, the products of its
+Linears; attention's products are in "rest" on both sides). A product is one long call, so
+the profilers' overhead hardly touches it; "rest" is the unprofiled median minus it.
 """
 import argparse
 import os
@@ -43,6 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--kinds", default=",".join(KINDS), help="comma-separated, from " +
                    ", ".join(KINDS))
     p.add_argument("--quick", action="store_true", help="a tiny model, 1 round, 2 steps")
+    p.add_argument("--gemm", action="store_true",
+                   help="also split each step into Linear products and the rest")
     p.add_argument("--json", metavar="PATH", help="also write the results here")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -98,6 +107,8 @@ def child_ours(mode, shape, args):
         nn.clip_grad_norm(params, CLIP)
         opt.step()
     timing = common.timed_steps(step, args.steps, args.warmup)
+    if args.gemm:
+        timing["gemm_ms"] = gemm_ms_ours(step)
     return {**timing, "trainable": sum(p.size for p in params),
             "optimizer_state_mb": sum(a.nbytes for s in opt.state.values()
                                       for a in s.values()) / 2**20,
@@ -126,16 +137,40 @@ def child_torch(mode, shape, args):
         torch.nn.utils.clip_grad_norm_(params, CLIP)
         opt.step()
     timing = common.timed_steps(step, args.steps, args.warmup)
+    if args.gemm:
+        timing["gemm_ms"] = gemm_ms_torch(step)
     return {**timing, "trainable": sum(p.numel() for p in params),
             "optimizer_state_mb": sum(v.numel() * v.element_size() for s in opt.state.values()
                                       for v in s.values() if torch.is_tensor(v)) / 2**20,
             "peak_rss_mb": common.peak_rss_mb()}
 
 
+def gemm_ms_ours(step, steps=2):
+    """ms per step spent in our Linear products (forward and backward), from cProfile."""
+    import cProfile
+    import pstats
+    prof = cProfile.Profile()
+    prof.runcall(lambda: [step() for _ in range(steps)])
+    stats = pstats.Stats(prof).stats          # {(file, line, name): (cc, nc, tottime, ...)}
+    linear_files = (os.path.join("tensor", "linear.py"), os.path.join("tensor", "lora.py"))
+    return 1e3 * sum(v[2] for (f, _, _), v in stats.items()
+                     if f.endswith(linear_files)) / steps
+
+
+def gemm_ms_torch(step, steps=2):
+    """ms per step spent in PyTorch's aten::mm and aten::addmm, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    return sum(e.self_cpu_time_total for e in prof.key_averages()
+               if e.key in ("aten::mm", "aten::addmm")) / 1e3 / steps
+
+
 def run_child(kind, args):
     argv = [os.path.abspath(__file__), "--child", kind, "--steps", str(args.steps),
             "--warmup", str(args.warmup), "--threads", str(args.threads)] + \
-        (["--quick"] if args.quick else [])
+        (["--quick"] if args.quick else []) + (["--gemm"] if args.gemm else [])
     env = common.thread_env(args.threads) if kind.startswith("torch") else \
         common.ours_env(args.threads)
     result = common.run_child(argv, env)
@@ -171,6 +206,9 @@ def main(argv=None):
                              "peak_rss_mb": max(c["peak_rss_mb"] for c in ok),
                              "trainable": ok[0]["trainable"],
                              "optimizer_state_mb": ok[0]["optimizer_state_mb"]}
+            if args.gemm:
+                gemm = statistics.median(c["gemm_ms"] for c in ok)
+                summary[kind].update(gemm_ms=gemm, rest_ms=summary[kind]["median_ms"] - gemm)
     rows = []
     for kind, s in summary.items():
         framework, mode = kind.split("-", 1)
@@ -182,10 +220,12 @@ def main(argv=None):
                      common.fmt(theirs["median_ms"] / s["median_ms"], 3)
                      if theirs and framework == "ours" else "-",
                      f"{s['trainable']:,}", f"{s['optimizer_state_mb']:,.1f}",
-                     f"{s['peak_rss_mb']:,.0f}"])
+                     f"{s['peak_rss_mb']:,.0f}"] +
+                    ([f"{s['gemm_ms']:,.0f}", f"{s['rest_ms']:,.0f}"] if args.gemm else []))
     print()
     print(common.markdown_table(["kind", "ms/step", "/ full", "FLOP share kept", "PyTorch / ours",
-                                 "trainable", "AdamW state MiB", "peak RSS MiB"], rows))
+                                 "trainable", "AdamW state MiB", "peak RSS MiB"] +
+                                (["Linear products ms", "rest ms"] if args.gemm else []), rows))
     print(f"\nload average at the end: {common.load_average()}")
     if args.json:
         common.write_json(args.json, {"shape": shape, "runs": runs, "summary": summary,
