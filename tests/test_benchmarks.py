@@ -269,3 +269,24 @@ def test_ab_quick_runs_each_trees_own_step_child(tmp_path):
         assert child["imports"]["OPENBLAS_THREAD_TIMEOUT"] == "4"   # set by the child
         assert child["imports"]["fast_enabled"] is True
         assert child["peak_rss_mb"] > 0 and len(child["result"]["times_s"]) == 2
+
+
+def test_finetune_bench_splits_our_steps_into_linear_products_and_the_rest(tmp_path):
+    """bench_finetune.py --gemm (smoke size, our side): every kind's Linear-product time is
+    found by the profile (not zero) and is a part of the whole step (the rest is the remainder)."""
+    import bench_finetune
+    assert bench_finetune.work_skipped(bench_finetune.SHAPE, "full") == 0
+    assert 0.5 < bench_finetune.work_skipped(bench_finetune.SHAPE, "last_block") < 0.6
+    out = tmp_path / "ft.json"
+    kinds = "ours-full,ours-last_block,ours-lora"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_finetune.py"),
+                           "--quick", "--gemm", "--kinds", kinds, "--json", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(out.read_text())["summary"]
+    assert set(summary) == set(kinds.split(","))
+    for kind, row in summary.items():
+        assert 0 < row["gemm_ms"] < row["median_ms"], kind
+        assert math.isclose(row["gemm_ms"] + row["rest_ms"], row["median_ms"])
+    assert summary["ours-lora"]["trainable"] < summary["ours-last_block"]["trainable"] \
+        < summary["ours-full"]["trainable"]
