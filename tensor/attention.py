@@ -22,6 +22,7 @@ import math
 import numpy as np
 
 from . import backend
+from .softmax import stable_shift
 from .tensor import make
 
 _masks = {}   # (T, L, offset, device) -> additive causal mask of 0 / -inf, built once
@@ -42,20 +43,29 @@ def causal_mask(xp, T, L, offset, device):
     return _masks[key]
 
 
+def check_head_size(q):
+    """A clear error for a head size hs (the last axis of q) of 0: the scale 1 / sqrt(hs)."""
+    if q.shape[-1] == 0:
+        raise ValueError(f"attention: q of shape {q.shape} has head size 0 (its last axis): "
+                         "the scale 1 / sqrt(hs) needs hs >= 1")
+
+
 def scaled_dot_product_attention(q, k, v, is_causal=True, offset=0, dropout_p=0.0,
                                  training=False):
     """y = softmax(q k^T s + mask) v;   dq = s dS k, dk = s dS^T q, dv = P^T dy
 
     q (B, nh, T, hs), k and v (B, nh, L, hs) -> y (B, nh, T, hs). offset: position of the
-    first query among the keys (L - T when earlier keys come from a KV cache).
+    first query among the keys (L - T when earlier keys come from a KV cache). With no keys
+    (L = 0) y is 0 (an empty sum), as in PyTorch; a head size of 0 is a ValueError.
     """
     xp = q.xp
+    check_head_size(q)
     T, hs, L = q.shape[-2], q.shape[-1], k.shape[-2]
     s = 1.0 / math.sqrt(hs)
     S = (q.data @ k.data.swapaxes(-1, -2)) * s               # (B, nh, T, L) scores
     if is_causal:
         S = S + causal_mask(xp, T, L, offset, q.device).astype(S.dtype, copy=False)
-    P = xp.exp(S - S.max(axis=-1, keepdims=True))
+    P = xp.exp(S - stable_shift(S, -1))                      # softmax over the keys
     P /= P.sum(axis=-1, keepdims=True)                       # (B, nh, T, L), rows sum to 1
     keep = None
     if training and dropout_p > 0:                           # scaled keep-mask m

@@ -26,7 +26,7 @@ def rows_and_targets(logits, targets, ignore_index):
     if targets.shape != logits.shape[:-1]:
         raise ValueError(f"cross_entropy: targets of shape {targets.shape} do not match "
                          f"logits of shape {logits.shape} (expected {logits.shape[:-1]})")
-    x = logits.data.reshape(-1, V)                                # (N, V)
+    x = logits.data.reshape(targets.size, V)                      # (N, V) (V may be 0)
     t = targets.reshape(-1)                                       # (N,)
     keep = t != ignore_index                                      # (N,)
     t = xp.where(keep, t, 0)

@@ -70,7 +70,7 @@ def div(a, b):
 
 
 def pow(a, b):
-    """y = a ** b;   da = dy * b * a^(b-1),  db = dy * y * log(a)   (db needs a > 0)"""
+    """y = a ** b;   da = dy * b * a^(b-1) (0 at b = 0),  db = dy * y * log(a) (0 at a = 0 <= b)"""
     a, b = as_operands(a, b)
     xp = a.xp
     y = a.data ** b.data
@@ -78,9 +78,13 @@ def pow(a, b):
     def backward(dy):
         da = db = None
         if a.requires_grad:
-            da = unbroadcast(dy * b.data * a.data ** (b.data - 1), a.shape)
+            # b = 0: y = a^0 = 1 whatever a, so da = 0 (the formula's 0 * 0^-1 is NaN at a = 0)
+            slope = xp.where(b.data == 0, 0, b.data * a.data ** (b.data - 1))
+            da = unbroadcast(dy * slope, a.shape)
         if b.requires_grad:
-            db = unbroadcast(dy * y * xp.log(a.data), b.shape)
+            # a = 0, b >= 0: 0^b = 0 for b > 0, so db = 0 (PyTorch's 0 at b = 0 too), not 0 * log 0
+            dlog = xp.where((a.data == 0) & (b.data >= 0), 0, y * xp.log(a.data))
+            db = unbroadcast(dy * dlog, b.shape)
         return da, db
     return make(y, (a, b), "pow", backward)
 

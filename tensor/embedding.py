@@ -23,7 +23,7 @@ def embedding(ids, weight):
     y = weight.data[ids]                                          # (..., C)
 
     def backward(dy):
-        flat_ids, rows = ids.reshape(-1), dy.reshape(-1, C)     # (N,), (N, C)
+        flat_ids, rows = ids.reshape(-1), dy.reshape(ids.size, C)  # (N,), (N, C)
         return (scatter_add_rows(weight.xp, V, flat_ids, rows),)  # (V, C)
 
     # weight is the only parent (ids get no gradient): for a frozen weight (requires_grad

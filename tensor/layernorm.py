@@ -29,7 +29,7 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
     dw = sum(dy * n), db = sum(dy), summed over every axis but the last.
     """
     xp = x.xp
-    C = check_affine(x, weight, bias)
+    check_affine(x, weight, bias)
     centered = x.data - x.data.mean(axis=-1, keepdims=True)           # (..., C)
     var = (centered * centered).mean(axis=-1, keepdims=True)          # (..., 1)
     rstd = 1 / xp.sqrt(var + eps)                                     # (..., 1), saved
@@ -48,9 +48,10 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
             dx = rstd * (dn - dn.mean(axis=-1, keepdims=True)
                          - n * (dn * n).mean(axis=-1, keepdims=True))
         grads = [dx]
-        if weight is not None:                                        # (rows, C) -> (C,)
-            grads.append((dy * n).reshape(-1, C).sum(axis=0) if weight.requires_grad else None)
+        lead_axes = tuple(range(x.ndim - 1))                          # every axis but C
+        if weight is not None:                                        # (..., C) -> (C,)
+            grads.append((dy * n).sum(axis=lead_axes) if weight.requires_grad else None)
         if bias is not None:
-            grads.append(dy.reshape(-1, C).sum(axis=0) if bias.requires_grad else None)
+            grads.append(dy.sum(axis=lead_axes) if bias.requires_grad else None)
         return tuple(grads)
     return make(y, parents, "layer_norm", backward)

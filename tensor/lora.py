@@ -12,6 +12,8 @@ bottleneck, so the LoRA terms cost O(N r (in + out)) against the frozen product'
 O(N in out). In LoRA W and b are frozen, so dW (the largest product of the backward) and db
 are skipped, which is where LoRA saves time; nn/lora.py builds the module around this op.
 """
+import math
+
 from .tensor import make
 
 
@@ -34,7 +36,8 @@ def lora_linear(x, weight, bias, A, B, scale):
                          f"{weight.shape} and A {A.shape}, got {B.shape}")
     scale = float(scale)      # a Python float keeps float32 arrays float32 (NumPy 2's rules)
     lead = x.shape[:-1]                                           # (B, T) or any leading axes
-    x2 = x.data.reshape(-1, in_features)                          # (N, in)
+    N = math.prod(lead)                                           # (not -1: in may be 0)
+    x2 = x.data.reshape(N, in_features)                           # (N, in)
     y = x2 @ weight.data.T                                        # (N, in) @ (in, out) -> (N, out)
     if bias is not None:
         y += bias.data
@@ -43,7 +46,7 @@ def lora_linear(x, weight, bias, A, B, scale):
     parents = (x, weight, A, B) if bias is None else (x, weight, bias, A, B)
 
     def backward(dy):
-        dy2 = dy.reshape(-1, out_features)                        # (N, out)
+        dy2 = dy.reshape(N, out_features)                         # (N, out)
         sg = None
         if x.requires_grad or A.requires_grad:
             sg = (dy2 @ B.data) * scale                           # (N, out) @ (out, r) -> (N, r)

@@ -8,6 +8,8 @@ dL/db[p, j] = sum_i a[i, p] dy[i, j], that is:
 
 A 1-D a is treated as one row (1, k) and a 1-D b as one column (k, 1), as in NumPy.
 """
+import math
+
 from .elementwise import as_operands, unbroadcast
 from .tensor import make
 
@@ -43,7 +45,8 @@ def matmul(a, b):
                 # A shared weight (k, m) times a batch: one big GEMM over all rows at once,
                 # (k, B*n) @ (B*n, m) -> (k, m), instead of B small ones summed afterwards.
                 k, m = b2.shape
-                db = a2.reshape(-1, k).T @ dy2.reshape(-1, m)
+                N = math.prod(a2.shape[:-1])               # B*n rows (not -1: k may be 0)
+                db = a2.reshape(N, k).T @ dy2.reshape(N, m)
             else:
                 db = unbroadcast(a2.swapaxes(-1, -2) @ dy2, b2.shape)
             db = db.reshape(b.shape)

@@ -20,6 +20,14 @@ def normalize_axes(axis, ndim):
     return tuple(sorted(ax % ndim for ax in axes))
 
 
+def count(shape, axes):
+    """N, the number of elements a reduction over `axes` combines into each output."""
+    n = 1
+    for ax in axes:
+        n *= shape[ax]
+    return n
+
+
 def expand_back(dy, axes, keepdims):
     """Re-insert reduced axes as size 1 so dy broadcasts against the input."""
     if keepdims:
@@ -41,9 +49,7 @@ def sum(a, axis=None, keepdims=False):
 def mean(a, axis=None, keepdims=False):
     """y = sum(a over axes) / N;   da = dy / N broadcast back (N = number of elements averaged)"""
     axes = normalize_axes(axis, a.ndim)
-    n = 1
-    for ax in axes:
-        n *= a.shape[ax]
+    n = count(a.shape, axes)
 
     def backward(dy):
         return (a.xp.broadcast_to(expand_back(dy, axes, keepdims) / n, a.shape),)
@@ -53,6 +59,9 @@ def mean(a, axis=None, keepdims=False):
 def max(a, axis=None, keepdims=False):
     """y = max(a over axes);   da = dy where a equals the max (shared equally between ties)"""
     axes = normalize_axes(axis, a.ndim)
+    if count(a.shape, axes) == 0:
+        raise ValueError(f"max over axes {axes} of a tensor of shape {a.shape}: they hold no "
+                         "element, and an empty set has no maximum")
     y_kept = a.data.max(axis=axes, keepdims=True)
 
     def backward(dy):
@@ -67,11 +76,16 @@ def var(a, axis=None, keepdims=False, ddof=0):
     """y = sum((a - mean)^2) / (N - ddof);   da = dy * 2 (a - mean) / (N - ddof)
 
     ddof=0 (NumPy's default) is the population variance; ddof=1 is PyTorch's default.
+    N - ddof must be positive, else a ValueError (one element with ddof=1, an empty axis):
+    PyTorch returns inf or NaN there with a warning, but a variance divided by zero or by a
+    negative count means nothing, and its gradient would be inf or NaN everywhere.
     """
     axes = normalize_axes(axis, a.ndim)
-    n = 1
-    for ax in axes:
-        n *= a.shape[ax]
+    n = count(a.shape, axes)
+    if n - ddof <= 0:
+        raise ValueError(f"var over axes {axes} of a tensor of shape {a.shape}: N = {n} "
+                         f"elements and ddof={ddof} leave N - ddof = {n - ddof}, which must be "
+                         "positive (reduce over more elements, or lower ddof)")
     centered = a.data - a.data.mean(axis=axes, keepdims=True)
     y = (centered * centered).sum(axis=axes, keepdims=keepdims) / (n - ddof)
 

@@ -8,14 +8,22 @@ shift cancels). Its Jacobian is dy_i/dx_k = y_i ([i = k] - y_k), so
 log_softmax: y_i = x_i - logsumexp(x). dy_i/dx_k = [i = k] - softmax(x)_k, so
 
     dx = dy - softmax(x) * sum(dy)
+
+An empty x (an axis of size 0) has no maximum: stable_shift is 0 there (any shift cancels),
+and the result is empty, as in PyTorch.
 """
 from .tensor import make
+
+
+def stable_shift(x, axis):
+    """max(x) along axis (kept as size 1), or 0 for an empty x, which has no max."""
+    return x.max(axis=axis, keepdims=True) if x.size else 0
 
 
 def softmax(x, axis=-1):
     """y = exp(x) / sum(exp(x));   dx = y * (dy - sum(dy * y))"""
     xp = x.xp
-    e = xp.exp(x.data - x.data.max(axis=axis, keepdims=True))
+    e = xp.exp(x.data - stable_shift(x.data, axis))
     y = e / e.sum(axis=axis, keepdims=True)
 
     def backward(dy):
@@ -26,7 +34,7 @@ def softmax(x, axis=-1):
 def log_softmax(x, axis=-1):
     """y = x - logsumexp(x);   dx = dy - softmax(x) * sum(dy)"""
     xp = x.xp
-    shifted = x.data - x.data.max(axis=axis, keepdims=True)
+    shifted = x.data - stable_shift(x.data, axis)
     y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
 
     def backward(dy):

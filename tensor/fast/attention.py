@@ -11,13 +11,15 @@ Every (query, key) pair that is read was computed; the rest of P is never touche
 
 q is scaled once (s q, T x hs) instead of the scores (T x L); dk = dS^T (s q) reuses it.
 The heads run in blocks, half of them on a second core, each block from its scores to its
-output while a piece's (rows x keys) weights are still in the L2 cache.
+output while a piece's (rows x keys) weights are still in the L2 cache. An input with an
+empty axis (no queries, no keys) has no blocks: the reference op runs it.
 """
 import math
 
 from .. import backend
 from . import threads
 from ..attention import causal_mask
+from ..attention import scaled_dot_product_attention as reference_attention
 from ..tensor import make
 
 QUERY_CHUNK = 64       # query rows per piece: a causal piece skips the keys in its future
@@ -49,6 +51,8 @@ def scaled_dot_product_attention(q, k, v, is_causal=True, offset=0, dropout_p=0.
                                  training=False):
     """tensor.attention.scaled_dot_product_attention, heads in blocks on both cores and
     causal rows in pieces that skip their future keys."""
+    if 0 in q.shape or 0 in k.shape:                        # nothing to split into blocks:
+        return reference_attention(q, k, v, is_causal, offset, dropout_p, training)
     xp = q.xp
     T, hs, L = q.shape[-2], q.shape[-1], k.shape[-2]
     scale = 1.0 / math.sqrt(hs)

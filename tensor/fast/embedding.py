@@ -45,7 +45,7 @@ def embedding(ids, weight):
     leaf = weight._backward is None
 
     def backward(dy):
-        flat_ids, rows = ids.reshape(-1), dy.reshape(-1, C)     # (N,), (N, C)
+        flat_ids, rows = ids.reshape(-1), dy.reshape(ids.size, C)  # (N,), (N, C)
         if leaf:
             return (RowGradient(weight.xp, (V, C), flat_ids, rows),)
         return (scatter_add_rows(weight.xp, V, flat_ids, rows),)  # (V, C)

@@ -5,6 +5,7 @@ variance as an einsum, with no (rows, C) temporary); the derivation is in tensor
 """
 from . import threads
 from ..layernorm import check_affine
+from ..layernorm import layer_norm as reference_layer_norm
 from ..tensor import make
 
 
@@ -12,6 +13,8 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
     """tensor.layernorm.layer_norm, rows in blocks on both cores."""
     xp = x.xp
     C = check_affine(x, weight, bias)
+    if x.size == 0:                                               # no rows to put in blocks
+        return reference_layer_norm(x, weight, bias, eps)
     x2 = x.data.reshape(-1, C)                                    # (rows, C)
     n, y = xp.empty_like(x2), xp.empty_like(x2)                   # n is saved for backward
     rstd = xp.empty((x2.shape[0], 1), dtype=x2.dtype)             # (rows, 1), saved
