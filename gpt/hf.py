@@ -27,16 +27,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.numpy import load_file
 
 from tensor import backend
 
 from .config import GPTConfig
+from .safetensors_file import read_header, save_file
 
 LINEARS = [("attn.attn_out", "attn.c_proj"), ("mlp.mlp_in", "mlp.c_fc"),
            ("mlp.mlp_out", "mlp.c_proj")]
 NORMS = [("ln_attn", "ln_1"), ("ln_mlp", "ln_2")]
+BUFFERS = (".attn.bias", ".attn.masked_bias")      # GPT-2's causal-mask buffers: not weights
 
 
 def to_hf_state_dict(ours, n_layer):
@@ -83,7 +85,7 @@ def from_hf_state_dict(hf):
     that lm_head.weight, when present, is the tied token embedding.
     """
     hf = _KeyNaming({k.removeprefix("transformer."): v for k, v in hf.items()
-                     if not k.endswith((".attn.bias", ".attn.masked_bias"))})
+                     if not k.endswith(BUFFERS)})
     hf.biases = has_biases(hf)
     head = hf.pop("lm_head.weight", None)
     if head is not None and not np.array_equal(head, hf.get("wte.weight")):
@@ -132,19 +134,90 @@ class _KeyNaming(dict):
         return super().pop(key)
 
 
+HF_SIZES = (("vocab_size", "vocab_size"), ("n_positions", "block_size"),
+            ("n_layer", "n_layer"), ("n_head", "n_head"), ("n_embd", "n_embd"))  # (theirs, ours)
+
+
 def config_from_hf(d, bias=True):
     """Our GPTConfig from a Hugging Face GPT-2 config.json dict; bias: whether the weights
-    have biases (config.json does not say; see has_biases)."""
+    have biases (config.json does not say; see has_biases). ValueError naming the field for a
+    config that is not GPT-2's (the caller names the file)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"expected a JSON object, got a JSON {type(d).__name__}")
     if d.get("model_type", "gpt2") != "gpt2":
-        raise ValueError(f"config.json has model_type {d.get('model_type')!r}, expected 'gpt2'")
+        raise ValueError(f"model_type is {d.get('model_type')!r}, expected 'gpt2'")
     act = d.get("activation_function", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(f"activation_function {act!r} is not GPT-2's tanh GELU ('gelu_new')")
-    if d.get("n_inner") not in (None, 4 * d["n_embd"]):
-        raise ValueError(f"n_inner {d['n_inner']} is not 4 * n_embd")
-    return GPTConfig(vocab_size=d["vocab_size"], block_size=d.get("n_positions", d.get("n_ctx")),
-                     n_layer=d["n_layer"], n_head=d["n_head"], n_embd=d["n_embd"],
-                     dropout=0.0, bias=bias)
+    sizes = {}
+    for theirs, ours in HF_SIZES:
+        if theirs == "n_positions" and theirs not in d and "n_ctx" in d:
+            theirs = "n_ctx"                                   # older GPT-2 configs
+        if theirs not in d:
+            raise ValueError(f"{theirs} is missing (GPT-2's config.json gives "
+                             f"{', '.join(k for k, _ in HF_SIZES)})")
+        value = d[theirs]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{theirs} is {value!r}; it must be a positive integer")
+        sizes[ours] = value
+    if d.get("n_inner") not in (None, 4 * sizes["n_embd"]):
+        raise ValueError(f"n_inner {d['n_inner']!r} is not 4 * n_embd = {4 * sizes['n_embd']}")
+    if sizes["n_embd"] % sizes["n_head"]:
+        raise ValueError(f"n_embd {sizes['n_embd']} is not divisible by n_head "
+                         f"{sizes['n_head']}: the heads share the width equally")
+    return GPTConfig(**sizes, dropout=0.0, bias=bias)
+
+
+def expected_tensors(config):
+    """{GPT-2 tensor name (no "transformer." prefix): shape} of a GPT-2 file of this config
+    (without the optional lm_head.weight and causal-mask buffers)."""
+    V, P, C = config.vocab_size, config.block_size, config.n_embd
+    per_block = {"ln_1": (C,), "attn.c_attn": (C, 3 * C), "attn.c_proj": (C, C), "ln_2": (C,),
+                 "mlp.c_fc": (C, 4 * C), "mlp.c_proj": (4 * C, C)}        # .weight shapes
+    shapes = {"wte.weight": (V, C), "wpe.weight": (P, C), "ln_f.weight": (C,), "ln_f.bias": (C,)}
+    for i in range(config.n_layer):
+        for name, shape in per_block.items():
+            shapes[f"h.{i}.{name}.weight"] = shape
+            shapes[f"h.{i}.{name}.bias"] = shape[-1:]                     # (out,)
+    return shapes if config.bias else {k: s for k, s in shapes.items()
+                                       if not k.endswith(".bias")}
+
+
+def check_tensors(tensors, config, file):
+    """ValueError, one line, unless the tensors ({name: TensorInfo} from read_header) are
+    what a GPT-2 of this config holds: no name missing or unexpected, each shape config.json's,
+    each weight a float."""
+    found = {}                                                  # name without prefix -> info
+    for name, info in tensors.items():
+        short = name.removeprefix("transformer.")
+        if short in found:
+            raise ValueError(f"{file} has {short!r} both with and without the 'transformer.' "
+                             "prefix: export the model again")
+        found[short] = info
+    expected = expected_tensors(config)
+    if "lm_head.weight" in found:
+        expected["lm_head.weight"] = (config.vocab_size, config.n_embd)
+    buffers = {k for k in found if k.endswith(BUFFERS)}
+    missing = [k for k in expected if k not in found]
+    unexpected = [repr(k) for k in sorted(set(found) - set(expected) - buffers)]
+    wrong = [f"{k} {found[k].shape} where config.json needs {s}" for k, s in expected.items()
+             if k in found and found[k].shape != s]
+    problems = [_listing(label, names) for label, names in (
+        ("missing", missing), ("wrong shape:", wrong), ("unexpected", unexpected)) if names]
+    if problems:
+        fix = ("a GPT-2 file has all of GPT-2's biases, or none (a bias=False model)"
+               if config.bias and missing and all(k.endswith(".bias") for k in missing) else
+               "use the config.json that came with these weights, or export the model again")
+        raise ValueError(f"{file} does not fit config.json: {'; '.join(problems)}: {fix}")
+    for k in expected:
+        if found[k].dtype not in ("F16", "F32", "F64"):
+            raise ValueError(f"{file}: {k} is {found[k].dtype}; GPT-2's weights are read as "
+                             "F16, F32 or F64: save the model in float32")
+
+
+def _listing(label, names, most=3):
+    more = f" (and {len(names) - most} more)" if len(names) > most else ""
+    return f"{label} {', '.join(names[:most])}{more}"
 
 
 def config_to_hf(config):
@@ -159,37 +232,50 @@ def config_to_hf(config):
 
 
 def read_config(path):
-    """The GPTConfig of a Hugging Face GPT-2 directory, from config.json and the names in
-    model.safetensors' header (biases or not), without reading the weights themselves.
+    """The GPTConfig of a Hugging Face GPT-2 directory, from config.json and model.safetensors'
+    header (names, shapes, dtypes: checked to fit config.json), without reading the weights.
 
-    FileNotFoundError for a missing file, ValueError for a config that is not GPT-2's.
-    """
+    FileNotFoundError for a missing file; ValueError, one line naming the file, for a file
+    that is not GPT-2's or does not fit the other."""
     path = Path(path)
     for name in ("config.json", "model.safetensors"):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path / name} not found: a GPT-2 directory needs "
                                     "config.json and model.safetensors")
+    tensors, _ = read_header(path / "model.safetensors")
+    file = path / "config.json"
     try:
-        with safe_open(str(path / "model.safetensors"), framework="np") as f:
-            names = list(f.keys())
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path / 'model.safetensors'} is not a readable safetensors file "
-                         f"({e}): download or export it again") from None
-    try:
-        return config_from_hf(json.loads((path / "config.json").read_text()), has_biases(names))
-    except (KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path / 'config.json'} is not a GPT-2 config: {e}") from None
+        d = json.loads(file.read_text(encoding="utf-8").removeprefix("\ufeff"))
+        config = config_from_hf(d, has_biases(tensors))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{file} is not UTF-8 text (bad byte at offset {e.start}): "
+                         "download or export it again") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file} is not a GPT-2 config: line {e.lineno} column {e.colno} is "
+                         f"not valid JSON ({e.msg}): download or export it again") from None
+    except RecursionError:
+        raise ValueError(f"{file} is not a GPT-2 config: JSON nested too deeply") from None
+    except ValueError as e:
+        raise ValueError(f"{file} is not a GPT-2 config: {e}") from None
+    except OSError as e:
+        raise ValueError(f"{file} cannot be read ({e.strerror or e})") from None
+    check_tensors(tensors, config, path / "model.safetensors")
+    return config
 
 
 def read_weights(path):
     """{our name: array} from a GPT-2 directory's model.safetensors (ValueError if unreadable
-    or not GPT-2's tensors)."""
-    path = Path(path)
+    or not GPT-2's tensors; read_config checks them against config.json)."""
+    file = Path(path) / "model.safetensors"
+    read_header(file)                       # truncated or corrupt: one line, nothing read
     try:
-        return from_hf_state_dict(load_file(str(path / "model.safetensors")))
-    except SafetensorError as e:
-        raise ValueError(f"{path / 'model.safetensors'} cannot be read ({e}): download or "
-                         "export it again") from None
+        hf = load_file(str(file))
+    except (SafetensorError, OSError, TypeError) as e:
+        raise ValueError(f"{file} cannot be read ({e}): download or export it again") from None
+    try:
+        return from_hf_state_dict(hf)
+    except ValueError as e:                   # e.g. an lm_head.weight that is not tied
+        raise ValueError(f"{file}: {e}") from None
 
 
 def load_pretrained(cls, path, device="cpu", dropout=0.0):
@@ -208,7 +294,7 @@ def save_pretrained(model, path):
     path.mkdir(parents=True, exist_ok=True)
     hf = to_hf_state_dict(model.state_dict(), model.config.n_layer)
     tmp = path / "model.safetensors.tmp"
-    save_file(hf, str(tmp), metadata={"format": "pt"})
+    save_file(hf, tmp, metadata={"format": "pt"})     # streamed: no copy of the weights
     os.replace(tmp, path / "model.safetensors")
     tmp = path / "config.json.tmp"
     tmp.write_text(json.dumps(config_to_hf(model.config), indent=2) + "\n")

@@ -200,7 +200,8 @@ def test_dropout_is_the_callers_and_a_bad_file_is_named(tmp_path):
     path = write_dir(tmp_path, random_hf_state(), hf_config())
     assert load_pretrained(GPT, path, dropout=0.25).config.dropout == 0.25
     (path / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(ValueError, match="model.safetensors is not a readable safetensors"):
+    with pytest.raises(ValueError, match="model.safetensors: the header claims .* not "
+                                         "safetensors"):
         read_config(path)
 
 
@@ -246,13 +247,12 @@ def test_a_missing_file_is_named(tmp_path, missing):
 
 def test_tensors_that_disagree_with_config_json_are_named(tmp_path):
     path = write_dir(tmp_path, random_hf_state(), hf_config(n_embd=24, n_head=4))
-    with pytest.raises(ValueError, match="wrong shapes") as info:
+    with pytest.raises(ValueError, match="model.safetensors does not fit config.json: wrong "
+                       r"shape: wte.weight \(11, 12\) where config.json needs \(11, 24\)"):
         GPT.from_pretrained(path)
-    assert "token_embedding.weight" in str(info.value) and "(11, 12)" in str(info.value)
     path = write_dir(tmp_path / "deeper", random_hf_state(), hf_config(n_layer=3))
-    with pytest.raises(ValueError, match="missing keys") as info:
+    with pytest.raises(ValueError, match="does not fit config.json: missing h.2.ln_1.weight"):
         GPT.from_pretrained(path)
-    assert "blocks.2.attn.query.weight" in str(info.value)
 
 
 def test_an_unexpected_key_is_named(tmp_path):

@@ -30,6 +30,8 @@ from . import checkpoint, tokenizer_io
 from .cli import UserError
 
 KINDS = {"hf": "a Hugging Face GPT-2 folder", "run": "a training run"}
+# a GPT-2 folder's tokenizer: Hugging Face's files, OpenAI's, or ours for a character model
+TOKENIZER_FILES = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"), ("char.json",))
 
 
 @dataclass
@@ -146,14 +148,20 @@ def _load_weights(model, weights, path):
 
 
 def _read_hf(path):
+    """A GPT-2 folder's Base: config.json checked against model.safetensors' header (names,
+    shapes, dtypes, offsets; gpt.hf.read_config), then the tokenizer files."""
     try:
         config = hf.read_config(path)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(f"--init_from {path}: {e}") from None
-    if not ((path / "vocab.json").is_file() and (path / "merges.txt").is_file()):
+    if not any(all((path / name).is_file() for name in names) for names in TOKENIZER_FILES):
         raise UserError(f"--init_from {path} has no vocab.json + merges.txt: copy the model's "
                         "tokenizer files beside its config.json")
-    return Base(path, "hf", "gpt", config, tokenizer_io.load(path))
+    try:
+        tok = tokenizer_io.load(path)
+    except UserError as e:
+        raise UserError(f"--init_from {path}: {e}") from None
+    return Base(path, "hf", "gpt", config, tok)
 
 
 def _read_run(path):

@@ -81,12 +81,13 @@ class CharTokenizer:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(f"character vocabulary {path} does not exist") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise ValueError(f"{path}: not a JSON character vocabulary ({e})") from None
         chars = data.get("chars") if isinstance(data, dict) else None
         if (data.get("type") if isinstance(data, dict) else None) != "char" or \
                 not isinstance(chars, list) or \
-                not all(isinstance(c, str) and len(c) == 1 for c in chars):
+                not all(isinstance(c, str) and len(c) == 1 and not "\ud800" <= c <= "\udfff"
+                        for c in chars):               # a lone surrogate is no character
             raise ValueError(f'{path}: expected {{"type": "char", "chars": [one-character '
                              f'strings]}}')
         try:
