@@ -30,9 +30,9 @@ class Bigram(Module):
         return [_NoCache()]          # nothing to cache: each step looks at one token
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 rng=None, use_cache=True, on_token=None):
+                 rng=None, use_cache=True, on_token=None, stop_token=None):
         return generate(self, idx, max_new_tokens, temperature, top_k, top_p, rng, use_cache,
-                        on_token)
+                        on_token, stop_token=stop_token)
 
 
 class _NoCache:

@@ -74,9 +74,13 @@ class Optimizer:
         trainable parameters only, so its arrays have num_trainable_parameters() values."""
         out = {"t": self.t}
         for name in self.state_names:
-            parts = [backend.to_numpy(self.state_of(p)[name]).reshape(-1) for p in self.params]
-            out[name] = np.concatenate(parts)
+            out[name] = np.concatenate(self.state_parts(name))
         return out
+
+    def state_parts(self, name):
+        """state_dict()[name] as the list of its pieces, one flat array per parameter (the
+        arrays themselves on the CPU: a checkpoint writes them without joining them)."""
+        return [backend.to_numpy(self.state_of(p)[name]).reshape(-1) for p in self.params]
 
     def load_state_dict(self, state):
         total = sum(p.size for p in self.params)

@@ -124,3 +124,113 @@ def graph_ops(out):
             ops.add(node.op)
         stack.extend(node._parents)
     return ops
+
+
+# ----- command lines and corpora (tests/test_cli_properties*.py) ------------------------
+# Text a command line can hold: no NUL (a process's argv cannot carry one) and no lone
+# surrogates (what Python makes of argv bytes that are not UTF-8).
+ARG_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
+                   max_size=10)
+# Values no setting can take, whatever its type, and that never parse as a large number
+# (a junk max_iters must not become a long run): no digits but in the fixed ones.
+NOT_NUMBERS = ["", " ", "abc", "nan", "NaN", "inf", "-inf", "+inf", "Infinity", "1e400",
+               "-1e400", "0x10", "1,5", "None", "[]", "--", "-", "=", "\t", "é", "1.5", "☃"]
+junk = st.one_of(st.sampled_from(NOT_NUMBERS),
+                 ARG_TEXT.filter(lambda s: not any(c.isdigit() for c in s)))
+# Integers at the edges of a count, and written oddly ("2.0", " 2", "1e1" are 2, 2, 10).
+SMALL_INTS = ["0", "-1", "1", "2", "-0", "+2", " 2", "2.0", "1e1", "-5"]
+HUGE_INTS = [str(10**15), str(2**63), str(10**30), "1e15", str(-10**15), str(2**31)]
+FLOATS = ["0", "-0.0", "5e-324", "1e-320", "1", "0.5", "0.999999", "1.0", "1.5", "-1",
+          "1e300", "1e308", "-1e308", "3e-5"]
+BOOLS = ["true", "false", "True", "0", "1", "yes", "off", "maybe", "", "2"]
+
+# A value that parses two times in three, so that runs get past the parsing often.
+work_counts = st.sampled_from(SMALL_INTS) | st.sampled_from(SMALL_INTS) | junk  # iterations
+counts = st.sampled_from(SMALL_INTS + HUGE_INTS) | st.sampled_from(SMALL_INTS + HUGE_INTS) | junk
+reals = st.sampled_from(FLOATS) | st.sampled_from(FLOATS) | junk
+flags = st.sampled_from(BOOLS)
+
+
+def choices(*valid):
+    """One of the valid words, or junk (and the words in the wrong case)."""
+    return st.one_of(st.sampled_from(valid + tuple(v.upper() for v in valid)), junk)
+
+
+UNKNOWN_KEYS = ["bogus", "max_iter", "maxiters", "Max_Iters", "", "-", "x=1", "☃", "help me"]
+
+
+@st.composite
+def command_lines(draw, base, values, keep=(), max_edits=3):
+    """A command line: base ({key: value}, a run that works) after up to max_edits edits:
+    a key set to a drawn values[key] (wrong type, boundary, huge, empty), a key given twice,
+    an unknown or misspelt key, a key without its value, a stray word, a key of base left
+    out (not those in keep: their defaults may be long runs). Each pair is written
+    "--key=value" or "--key", "value" (dashes for underscores now and then)."""
+    pairs = [[k, v] for k, v in base.items()]
+    for _ in range(draw(st.integers(0, max_edits))):
+        edit = draw(st.sampled_from(["set"] * 5 + ["twice", "unknown", "bare", "stray",
+                                                   "drop"]))
+        key = draw(st.sampled_from(sorted(values)))
+        if edit == "set":
+            pairs = [p for p in pairs if p[0] != key] + [[key, draw(values[key])]]
+        elif edit == "twice":
+            pairs.append([key, draw(values[key])])
+        elif edit == "unknown":
+            pairs.append([draw(st.sampled_from(UNKNOWN_KEYS)), draw(ARG_TEXT)])
+        elif edit == "bare":
+            pairs.append([key, None])
+        elif edit == "stray":
+            pairs.append([None, draw(ARG_TEXT)])
+        elif [p for p in pairs if p[0] not in keep]:
+            pairs.remove(draw(st.sampled_from([p for p in pairs if p[0] not in keep])))
+    argv = []
+    for key, value in pairs:
+        if key is None:
+            argv.append(value)
+            continue
+        flag = "--" + (key.replace("_", "-") if draw(st.integers(0, 5)) == 0 else key)
+        if value is None:
+            argv.append(flag)
+        elif draw(st.booleans()):
+            argv.append(f"{flag}={value}")
+        else:
+            argv += [flag, value]
+    return argv
+
+
+# Small corpora: each a {relative path: bytes} to write, and the path to pass as --data
+# ("." for the folder holding them). block_size + 1 is the shortest a split may be.
+TEXT = "To be, or not to be: that is the question.\n"
+
+
+@st.composite
+def corpora(draw, block_size):
+    kind = draw(st.sampled_from([
+        "empty", "one char", "newlines", "nul bytes", "crlf", "not utf-8", "bom", "mixed",
+        "exactly block_size + 1", "val exactly block_size + 1", "val one short",
+        "folder of empty files", "folder mixed", "empty folder", "random"]))
+    long_enough = (TEXT * 30).encode()
+    n = block_size + 1
+
+    def val_chars(m):           # the total length whose last 10% (data.py's val) is m long
+        return next(k for k in range(m, 20 * m + 20) if k - int(k * 0.9) == m)
+
+    files = {
+        "empty": {"c.txt": b""},
+        "one char": {"c.txt": draw(st.sampled_from([b"a", b"\n", b"\0", "é".encode()]))},
+        "newlines": {"c.txt": draw(st.sampled_from([b"\n", b"\r\n"])) * draw(st.integers(1, 400))},
+        "nul bytes": {"c.txt": b"\0" * draw(st.integers(1, 400))},
+        "crlf": {"c.txt": long_enough.replace(b"\n", b"\r\n")},
+        "not utf-8": {"c.txt": long_enough[:draw(st.integers(0, 200))] + b"\xff\xfe"
+                      + long_enough},
+        "bom": {"c.txt": b"\xef\xbb\xbf" + long_enough},
+        "mixed": {"c.txt": long_enough + "café\n".encode("latin-1") + "café\n".encode()},
+        "exactly block_size + 1": {"c.txt": (TEXT * 9)[:n].encode()},
+        "val exactly block_size + 1": {"c.txt": (TEXT * 99)[:val_chars(n)].encode()},
+        "val one short": {"c.txt": (TEXT * 99)[:val_chars(n - 1)].encode()},
+        "folder of empty files": {"d/a.txt": b"", "d/b.txt": b""},
+        "folder mixed": {"d/a.txt": b"", "d/b.txt": long_enough, "d/c.md": b"not read"},
+        "empty folder": {"d/.keep": b""},
+        "random": {"c.txt": draw(st.binary(max_size=600))},
+    }[kind]
+    return kind, files, "d" if any(p.startswith("d/") for p in files) else "c.txt"

@@ -94,13 +94,13 @@ def test_unwritable_out_dir(text_file, tmp_path, capsys):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     fails_cleanly(train.main, [f"--data={text_file}", f"--out_dir={locked / 'run'}", *SMALL],
-                  capsys, "not writable")
+                  capsys, "cannot write it")
 
 
 def test_out_dir_that_is_a_file(text_file, tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     fails_cleanly(train.main, [f"--data={text_file}", f"--out_dir={tmp_path / 'afile'}",
-                               *SMALL], capsys, "--out_dir", "not writable")
+                               *SMALL], capsys, "--out_dir", "cannot write it")
 
 
 def test_resume_without_checkpoint(text_file, tmp_path, capsys):

@@ -20,7 +20,7 @@ from gpt.hf import config_to_hf, from_hf_state_dict, to_hf_state_dict
 from tensor import no_grad
 from test_hf import numpy_gpt2
 from test_train import metrics, run
-from tinygrad_gpt import checkpoint, data, pretrained, report, tokenizer_io, train
+from tinygrad_gpt import checkpoint, data, memory, pretrained, tokenizer_io, train
 from tinygrad_gpt.checkpoint import load
 from tinygrad_gpt.cli import UserError
 from tinygrad_gpt.settings import TrainConfig
@@ -295,18 +295,22 @@ def broken_folders(root, ours):
     cases["bad json"] = (copy("badjson", lambda f: (f / "config.json").write_text("{")),
                          "is not a GPT-2 config")
     cases["mis-shaped"] = (copy("shape", lambda f: (f / "config.json").write_text(json.dumps(
-        {**config, "n_embd": 24}))), "is (16,), its config says (24,) (and 33 more)")
+        {**config, "n_embd": 24}))), "wrong shape: wte.weight (300, 16) where config.json needs "
+                               "(300, 24), wpe.weight (64, 16) where config.json needs (64, 24)")
     cases["deeper"] = (copy("deeper", lambda f: (f / "config.json").write_text(json.dumps(
-        {**config, "n_layer": 3}))), "blocks.2.attn.attn_out.bias is missing")
-    cases["small vocab"] = (copy("vocab", lambda f: (f / "config.json").write_text(json.dumps(
-        {**config, "vocab_size": 200}))), "tokenizer has 300 tokens but the model only 200")
+        {**config, "n_layer": 3}))), "does not fit config.json: missing h.2.ln_1.weight")
+    cases["fewer rows"] = (copy("rows", lambda f: (f / "config.json").write_text(json.dumps(
+        {**config, "vocab_size": 200}))), "wte.weight (300, 16) where config.json needs (200, 16)")
+    cases["small vocab"] = (copy("vocab", lambda f: perturbed_gpt(200).save_pretrained(f)),
+                            "tokenizer has 300 tokens but the model only 200")
     cases["torn weights"] = (copy("torn", lambda f: (f / "model.safetensors").write_bytes(
         (ours / "model.safetensors").read_bytes()[:-100])), "model.safetensors")
     return cases
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "no tokenizer", "no weights", "bad json",
-                                  "mis-shaped", "deeper", "small vocab", "torn weights"])
+                                  "mis-shaped", "deeper", "fewer rows", "small vocab",
+                                  "torn weights"])
 def test_a_bad_base_folder_is_one_line_and_nothing_is_written(corpus, tmp_path, ours, case,
                                                               capsys):
     folder, words = broken_folders(tmp_path, ours)[case]
@@ -329,10 +333,11 @@ def test_the_memory_estimate_is_checked_before_the_weights_are_read(corpus, tmp_
         raise AssertionError("weights read before the memory check")
     monkeypatch.setattr(gpt.hf, "load_file", refuse)
     monkeypatch.setattr(checkpoint, "load_file", refuse)
-    monkeypatch.setattr(report, "available_memory", lambda device: 1)
+    monkeypatch.setattr(memory, "available", lambda device: 1)
     code = train.main([f"--data={corpus}", f"--init_from={ours}",
                        f"--out_dir={tmp_path / 'run'}", *RUN])
     assert code == 2 and "needs about" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()                  # refused: nothing written
 
 
 # ----- tinygrad_gpt.pretrained -------------------------------------------------------------

@@ -12,7 +12,6 @@ blank upper triangle (s > t: a token never sees the future).
 PNGs: one file per (layer, head), RUN/attention/layer{L}_head{H}.png (or --save_dir),
 tokens as tick labels. Text: one character per weight, " " for masked cells.
 """
-import argparse
 import math
 import re
 import sys
@@ -24,7 +23,7 @@ from nn import module_scopes
 from tensor import backend, no_grad, observe_ops
 
 from . import tokenizer_io
-from .cli import UserError, report_user_errors
+from .cli import ArgumentParser, UserError, given, report_user_errors
 
 LEVELS = ".:-=+*#%@"        # weight 0 -> '.', weight 1 -> '@' (9 equal steps); masked -> ' '
 DPI = 100
@@ -107,9 +106,9 @@ def text_heatmap(w, labels, title):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m tinygrad_gpt.attention_maps", allow_abbrev=False,
-                                description="Heatmaps of every head's attention weights for "
-                                            "a text, from a trained run.")
+    p = ArgumentParser(prog="python -m tinygrad_gpt.attention_maps", allow_abbrev=False,
+                       description="Heatmaps of every head's attention weights for a text, "
+                                   "from a trained run.")
     p.add_argument("--out_dir", "--out-dir", default="out", help="the training run (default out)")
     p.add_argument("--text", required=True, help="the text to look at (at least one token)")
     p.add_argument("--layer", type=int, default=None, help="only this layer (from 0)")
@@ -137,6 +136,8 @@ def run(args):
     from .sample import load_run
     if not args.text:
         raise UserError("--text is empty: give at least one character")
+    given("--out_dir", args.out_dir)
+    given("--save_dir", args.save_dir)
     model, tok = load_run(args.out_dir, "cpu")
     if not hasattr(model, "blocks"):
         raise UserError(f"the model in {args.out_dir} has no attention layers (a bigram "
@@ -179,7 +180,8 @@ def run(args):
 
 
 def main(argv=None):
-    return report_user_errors(run, parse_args(sys.argv[1:] if argv is None else argv))
+    return report_user_errors(lambda args: run(parse_args(args)),
+                              sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -7,16 +7,22 @@ A checkpoint in out_dir is two files:
 The weights go to a new file first (temp name, fsync, rename); then ckpt.json is replaced
 the same way, and that rename is the moment the new checkpoint counts. A kill before it
 leaves the previous ckpt.json pointing at the previous, complete weights. Older weight
-files are deleted only after. The tokenizer lives in out_dir/tokenizer/, written once.
-Nothing is ever unpickled: safetensors and JSON only.
+files are deleted only after. The file ckpt.json names is never written over: a second save
+of the same iteration goes to ckpt-<iter>-b.safetensors. A save that fails (a full disk:
+OSError) removes what it wrote and leaves the previous checkpoint; temp files that a killed
+save left behind are removed by the next save. A save needs room for two sets of weights.
+The tokenizer lives in out_dir/tokenizer/, written once. Nothing is ever unpickled:
+safetensors and JSON only. tests/test_faults.py kills a writer between every two steps.
 """
+import contextlib
 import json
 import os
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
+from gpt.safetensors_file import read_header, save_file
 from tensor import backend
 
 from .corpus import sha256
@@ -25,37 +31,80 @@ from .settings import UserError
 FORMAT = "tinygrad_gpt-checkpoint-1"
 
 
+def _step(name):
+    """Called between the steps of a save, with the step's name; does nothing. A test
+    replaces it to stop the writer there (tests/test_faults.py)."""
+
+
 def atomic_write_bytes(path, write):
-    """Call write(temp_path), fsync the file, then rename it over path."""
+    """Call write(temp_path), fsync the file, then rename it over path. On any failure the
+    temp file is removed and the error raised; path is untouched."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        _step(f"{tmp.name} written")
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        _step(f"{tmp.name} synced")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+    _step(f"{path.name} renamed")
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)          # make the rename itself durable
     finally:
         os.close(directory)
+    _step(f"{path.name} rename synced")
+
+
+def write_safetensors(tensors, path):
+    """The arrays to a .safetensors file, each written from its own memory (no copy of the
+    weights and moments on top of the run's: gpt/safetensors_file.py); a full disk is the
+    OSError of the write that failed."""
+    save_file(tensors, path, metadata={"format": "np"})
+
+
+def current_weights(out_dir):
+    """The weights file ckpt.json names, or None."""
+    try:
+        return json.loads((Path(out_dir) / "ckpt.json").read_text())["weights"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def save(out_dir, model, optimizer, info):
-    """Write a checkpoint; info is a JSON-able dict (iter, settings, RNG states...)."""
+    """Write a checkpoint; info is a JSON-able dict (iter, settings, RNG states...). Raises
+    OSError when a file cannot be written; the previous checkpoint is then still current."""
     out_dir = Path(out_dir)
     tensors = {f"model.{k}": backend.to_numpy(v) for k, v in model.state_dict().items()}
-    tensors.update({f"optim.{k}": backend.to_numpy(v) for k, v in
-                    optimizer.state_dict().items() if k != "t"})
+    tensors.update({f"optim.{k}": optimizer.state_parts(k) for k in optimizer.state_names})
+    current = current_weights(out_dir)
+    for left in [*out_dir.glob("ckpt-*.safetensors.tmp"), out_dir / "ckpt.json.tmp"]:
+        left.unlink(missing_ok=True)          # a killed save's: room for this one
+    _step("start")
     name = f"ckpt-{info['iter']}.safetensors"
-    atomic_write_bytes(out_dir / name, lambda p: save_file(tensors, str(p),
-                                                           metadata={"format": "np"}))
-    record = {"format": FORMAT, "weights": name, "sha256": sha256(out_dir / name),
-              "optimizer_t": optimizer.state_dict()["t"], **info}
-    text = json.dumps(record, indent=2)
-    atomic_write_bytes(out_dir / "ckpt.json", lambda p: Path(p).write_text(text))
+    if name == current:                       # never write over the current checkpoint
+        name = f"ckpt-{info['iter']}-b.safetensors"
+    try:
+        atomic_write_bytes(out_dir / name, lambda p: write_safetensors(tensors, p))
+        record = {"format": FORMAT, "weights": name, "sha256": sha256(out_dir / name),
+                  "optimizer_t": optimizer.t, **info}
+        text = json.dumps(record, indent=2)
+        atomic_write_bytes(out_dir / "ckpt.json", lambda p: Path(p).write_text(text))
+    except BaseException:
+        if current_weights(out_dir) != name:  # not a checkpoint without its ckpt.json
+            with contextlib.suppress(OSError):
+                (out_dir / name).unlink(missing_ok=True)
+        raise
     for old in out_dir.glob("ckpt-*.safetensors"):
         if old.name != name:
+            _step(f"deleting {old.name}")
             old.unlink(missing_ok=True)
+    _step("done")
 
 
 def read_info(out_dir):
@@ -84,6 +133,10 @@ def load(out_dir):
     if not weights.exists() or sha256(weights) != info["sha256"]:
         raise UserError(f"{weights} is missing or does not match ckpt.json's sha256: "
                         "the checkpoint is corrupt")
+    try:
+        read_header(weights)                   # its size claims checked before it is read
+    except ValueError as e:
+        raise UserError(f"{e} (the checkpoint is corrupt)") from None
     arrays = load_file(str(weights))
     model = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
     optim = {k[len("optim."):]: v for k, v in arrays.items() if k.startswith("optim.")}

@@ -15,7 +15,6 @@ if __name__ == "__main__":     # run as a program: OpenBLAS's idle threads sleep
     import os                  # (before NumPy loads it; see tensor/fast)
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ from tensor import no_grad
 from tensor.functional import softmax
 
 from . import checkpoint, finetune_batches, finetune_data, report, tokenizer_io
-from .cli import UserError, check_device, report_user_errors
+from .cli import ArgumentParser, UserError, check_device, given, report_user_errors
 from .finetune_task import Task, end_id
 
 TRAIN_EVAL_BATCHES = 20      # evaluations score the train split on its first 20 batches
@@ -43,7 +42,7 @@ class ClassifyTask(Task):
     def __init__(self, config, saved):
         super().__init__(config, saved)
         if saved:
-            self.labels = saved[0]["labels"]
+            self.labels = saved["labels"]
         splits = self.read_data()
         if not saved:
             self.labels = splits[3]
@@ -157,8 +156,8 @@ def load_classifier(out_dir, device):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m tinygrad_gpt.classify", allow_abbrev=False,
-                                description="Label texts with a fine-tuned classifier.")
+    p = ArgumentParser(prog="python -m tinygrad_gpt.classify", allow_abbrev=False,
+                       description="Label texts with a fine-tuned classifier.")
     p.add_argument("--out_dir", "--out-dir", default="out-classify",
                    help="a `finetune classify` run (default: out-classify)")
     source = p.add_mutually_exclusive_group(required=True)
@@ -170,12 +169,15 @@ def parse_args(argv):
 
 def main(argv=None):
     with tensor.fast.on():
-        return report_user_errors(run, parse_args(sys.argv[1:] if argv is None else argv))
+        return report_user_errors(run, sys.argv[1:] if argv is None else argv)
 
 
-def run(args):
+def run(argv):
+    args = parse_args(argv)                   # its errors too are one line (cli.ArgumentParser)
+    given("--out_dir", args.out_dir)
     device = check_device(args.device)
-    if args.file:
+    if args.file is not None:
+        given("--file", args.file)
         try:
             texts = [line for line in Path(args.file).read_text(encoding="utf-8").splitlines()
                      if line.strip()]

@@ -12,13 +12,15 @@ only on the responses (tinygrad_gpt/instruct.py). Without --data both use tasks 
 embedded Shakespeare (tinygrad_gpt/shakespeare_tasks.py). --init_from is a Hugging Face
 GPT-2 folder or one of our runs (default: out, what python -m tinygrad_gpt.train writes).
 
-The loop, the checkpoints (atomic; --resume continues bit-exactly on the CPU), Ctrl-C and NaN
-handling are train's; the task decides the data, the loss and what an evaluation reports.
+The loop, the checkpoints (atomic; --resume continues bit-exactly on the CPU), Ctrl-C, SIGTERM,
+NaN and full-disk handling and the one-run-per-folder lock are train's (run_guard.py); the
+task decides the data, the loss and what an evaluation reports.
 """
 if __name__ == "__main__":     # run as a program: tune this process's OpenBLAS before NumPy
     import os                  # loads it (idle BLAS threads sleep at once; tensor/fast)
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
+import argparse
 import math
 import os
 import sys
@@ -29,13 +31,12 @@ from pathlib import Path
 import nn
 import tensor
 import tensor.fast
-
 from tensor import backend
 
-from . import checkpoint, report, tokenizer_io
-from .cli import UserError, check_device, report_user_errors
+from . import checkpoint, report, run_guard, tokenizer_io
+from .cli import UserError, check_device, check_writable, report_user_errors
+from .run_guard import Interrupt
 from .settings import convert, parse_bool, unknown_key
-from .train import Interrupt
 
 MODES = ("classify", "instruct")
 TRAINABLE = ("head", "last_block", "all", "lora")
@@ -94,6 +95,10 @@ class FinetuneConfig:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.device not in ("cpu", "cuda"):
             raise UserError(f"--device must be cpu or cuda, got {self.device!r}")
+        if self.seed < 0:
+            raise UserError(f"--seed must be >= 0, got {self.seed}")
+        if self.export_hf:                     # found now, not after the whole run
+            check_writable("--export_hf", self.export_hf)
         return self
 
     @property
@@ -123,7 +128,10 @@ def parse(argv):
         key, eq, value = arg[2:].partition("=")
         key = key.replace("-", "_")
         if key == "resume":
-            resume = parse_bool(value) if eq else True
+            try:
+                resume = parse_bool(value) if eq else True
+            except argparse.ArgumentTypeError as e:
+                raise UserError(f"--resume: {e}") from None
             continue
         if key not in FIELDS:
             raise unknown_key(key, list(FIELDS) + ["resume"])
@@ -144,19 +152,20 @@ def parse(argv):
     return config, resume, sorted(values)
 
 
-def main(argv=None):
-    with tensor.fast.on():              # the CPU speed machinery, for this command only
-        return report_user_errors(finetune, sys.argv[1:] if argv is None else argv)
+def main(argv=None):     # fast CPU ops, the folder's lock, overflow left to the NaN check
+    with tensor.fast.on(), run_guard.RunLock() as lock, run_guard.quiet_overflow():
+        return report_user_errors(finetune, sys.argv[1:] if argv is None else argv, lock)
 
 
-def finetune(argv):
+def finetune(argv, lock):
     config, resume, explicit = parse(argv)
     from .classify import ClassifyTask
     from .instruct import InstructTask
     out_dir = Path(config.out_dir)
-    saved = checkpoint.load(out_dir) if resume else None
+    run_guard.check_free(out_dir)             # another run there: refused before any work
+    saved = checkpoint.read_info(out_dir) if resume else None    # the weights come later
     if saved:
-        stored = saved[0]["finetune_config"]
+        stored = saved["finetune_config"]
         changed = [k for k in explicit if k not in ("max_iters", "epochs", "out_dir",
                                                     "device", "responses", "export_hf")
                    and getattr(config, k) != stored[k]]
@@ -166,11 +175,12 @@ def finetune(argv):
         config = FinetuneConfig(**{**stored, **{k: getattr(config, k) for k in explicit}})
     check_device(config.device)
     if not saved:
-        check_writable(out_dir)
+        check_new_run(out_dir)
     tensor.manual_seed(config.seed)    # the head's and LoRA's initial weights, then dropout
     task = (ClassifyTask if config.mode == "classify" else InstructTask)(config, saved)
-    if not saved:                  # every input checked: only now is anything written
-        out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)     # every input checked: now the writes
+    lock.acquire(out_dir)
+    if not saved:
         tokenizer_io.save(task.tok, out_dir / "tokenizer")
     model = task.model
     params = [p for p in model.parameters() if p.requires_grad]
@@ -184,7 +194,7 @@ def finetune(argv):
     interval = config.eval_interval or steps_per_epoch
     start = 0
     if saved:
-        info, weights, optim_state = saved
+        info, weights, optim_state = checkpoint.load(out_dir)
         model.load_state_dict(weights, strict=True)
         optimizer.load_state_dict(optim_state)
         start = info["iter"]
@@ -192,14 +202,14 @@ def finetune(argv):
         print(f"resuming from step {start}")
     metrics = report.Metrics(out_dir, truncate_after=start if saved else None)
 
-    def save(it):
-        checkpoint.save(out_dir, model, optimizer, {
+    def save(it):                        # a full disk: stop, the last checkpoint kept
+        run_guard.save(out_dir, model, optimizer, {
             "iter": it, "evaluated": True, "finetune_config": asdict(config), **task.info(),
-            "dropout_state": backend.random_state(config.device)})
+            "dropout_state": backend.random_state(config.device)}, "step")
 
     if start == 0:                       # where the base starts from, for the curves
         report_scores(0, total, steps_per_epoch, task.evaluate(model), metrics)
-    interrupt, t0 = Interrupt(), time.perf_counter()
+    interrupt, t0 = Interrupt(out_dir, "step"), time.perf_counter()
     try:
         for it in range(start, total):
             batch = task.batch(it)             # epoch it // steps_per_epoch, shuffled by seed
@@ -216,11 +226,10 @@ def finetune(argv):
             if (it + 1) % interval == 0 or it + 1 == total:
                 report_scores(it + 1, total, steps_per_epoch, task.evaluate(model), metrics)
                 save(it + 1)
-            if interrupt.requested:
-                save(it + 1)
-                print(f"interrupted: checkpoint saved at step {it + 1} in {out_dir}; "
-                      "continue with --resume")
-                return 130
+            if interrupt.requested:           # Ctrl-C or SIGTERM: one checkpoint, then stop
+                if (it + 1) % interval and it + 1 != total:      # (unless just saved)
+                    save(it + 1)
+                return interrupt.stopped(it + 1, out_dir)
     finally:
         interrupt.restore()
     print(f"fine-tuned {total - start} steps in {time.perf_counter() - t0:.1f} s")
@@ -237,27 +246,17 @@ def report_scores(it, total, steps_per_epoch, scores, metrics):
           + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), flush=True)
 
 
-def check_writable(out_dir):
-    """--out_dir can be written (it, or the nearest folder above it that exists), without
-    creating anything yet."""
-    folder = out_dir
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"--out_dir {out_dir} is not writable ({folder} is not a writable "
-                        "folder): choose another folder")
+def check_new_run(out_dir):
+    """--out_dir can be written (nothing is created yet) and holds no run."""
+    check_writable("--out_dir", out_dir)
     if (out_dir / "ckpt.json").exists():
         raise UserError(f"--out_dir {out_dir} already holds a run: continue it with --resume, "
                         "or choose another folder")
 
 
 def raise_nan(it, loss, out_dir):
-    last = checkpoint.last_iter(out_dir)
-    kept = f"the last good checkpoint (step {last}) in {out_dir} is intact" \
-        if last is not None else "no checkpoint was written yet"
-    print(f"error: the loss became {loss} at step {it}; stopping. {kept}. Try a lower "
-          "--learning_rate.", file=sys.stderr)
-    raise SystemExit(1)
+    run_guard.stop(f"the loss became {loss} at step {it}", out_dir, "step",
+                   "Try a lower --learning_rate.")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import numpy as np
 import nn
 from gpt import GPT, GPTConfig
 
-from . import tokenizer_io
+from . import memory, tokenizer_io
 from .cli import UserError
 from .pretrained import read_base
 
@@ -34,6 +34,21 @@ def end_id(tok):
                     "with: fine-tune a model whose tokenizer has one")
 
 
+def check_memory(config, model_config):
+    """Refuse (UserError) a fine-tuning run whose memory estimate (memory.py) does not fit,
+    before any weight is read; the batches are at most model_config.block_size long."""
+    settings = lora_settings(config)
+    n_classes = 2 if config.mode == "classify" else None   # the head's C x n: labels come later
+    parts = memory.estimate(model_config, config.batch_size, trainable=config.trainable_part,
+                            lora_rank=settings["rank"], lora_targets=settings["targets"],
+                            n_classes=n_classes, device=config.device)
+    memory.check(parts, config.device, {
+        "activations": f"--batch_size ({config.batch_size}) or --max_length "
+                       f"({model_config.block_size})",
+        "model": "what trains (--trainable last_block or lora: fewer gradients and moments), "
+                 "or fine-tune a smaller base"})
+
+
 def lora_settings(config):
     targets = tuple(t.strip() for t in config.lora_targets.split(",") if t.strip())
     return {"rank": config.lora_rank, "alpha": config.lora_alpha, "targets": list(targets)}
@@ -48,7 +63,8 @@ class Task:
         self.config = config
         out_dir = Path(config.out_dir)
         if saved:                                   # --resume: all from the run folder
-            info = saved[0]
+            info = saved
+            check_memory(config, GPTConfig.from_dict(info["model_config"]))
             self.body = GPT(GPTConfig.from_dict(info["model_config"]))
             self.tok = tokenizer_io.load(out_dir / "tokenizer")
             self.base_info = info.get("base", {})
@@ -61,6 +77,7 @@ class Task:
             if config.max_length > stored:
                 raise UserError(f"--max_length {config.max_length} is longer than the model's "
                                 f"context ({stored} tokens): use {stored} or less")
+            check_memory(config, base.model_config(config.max_length or None, config.dropout))
             self.body = base.load(config.device, block_size=config.max_length or None,
                                   dropout=config.dropout)
             self.tok, self.base_info = base.tokenizer, base.to_dict()

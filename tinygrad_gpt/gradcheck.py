@@ -9,7 +9,6 @@ The learner hook: `--function mymodule:myfn --op layer_norm` (or `path/to/file.p
 checks YOUR function on the random cases of that op: its backward against finite
 differences, and its forward against the engine's op on the same inputs.
 """
-import argparse
 import importlib
 import importlib.util
 import sys
@@ -21,7 +20,7 @@ import numpy as np
 from tensor import Tensor, no_grad
 from tensor.finite_differences import gradcheck
 
-from .cli import UserError, check_device, report_user_errors
+from .cli import ArgumentParser, UserError, check_device, report_user_errors
 from .op_cases import CASES, LEARNER_OPS, formula, learner_build, reference_function
 
 EPS = 1e-6      # central-difference step: truncation ~eps^2, rounding ~1e-16/eps
@@ -54,7 +53,7 @@ def check_op(build, examples, seed, device):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m tinygrad_gpt.gradcheck",
         description="Check every op's hand-derived backward against central finite "
                     "differences in float64, on random shapes.")
@@ -90,7 +89,7 @@ def load_function(spec):
             module = importlib.import_module(where)
     except ImportError as e:
         raise UserError(f"--function: cannot import {where} ({e})") from None
-    except Exception as e:                           # a learner's module may not even run
+    except (Exception, SystemExit) as e:             # a learner's module may not even run
         raise UserError(f"--function: importing {where} raised {type(e).__name__}: {e}") \
             from None
     function = getattr(module, name, None)
@@ -170,7 +169,7 @@ def main_function(args, device):
 
 
 def main(argv=None):
-    return report_user_errors(check_all, parse_args(argv))
+    return report_user_errors(lambda args: check_all(parse_args(args)), argv)
 
 
 def check_all(args):
@@ -181,6 +180,8 @@ def check_all(args):
         return 0
     if args.examples < 1:
         raise UserError(f"--examples must be at least 1, got {args.examples}")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
     unknown = sorted(set(args.op or []) - set(names))
     if unknown:
         raise UserError(f"unknown op {', '.join(unknown)}: choose from {', '.join(names)}")

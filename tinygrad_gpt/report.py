@@ -1,57 +1,34 @@
 """What a training run tells the user: the memory estimate before it starts, metrics.jsonl
 while it runs, loss.png and a summary at the end."""
 import json
-import os
 from pathlib import Path
 
-from .cli import UserError
+from . import memory
 
 
-def estimate_memory(n_params, config, vocab_size, bytes_per_float):
-    """Bytes needed by a training step, by part (an estimate; the engine keeps roughly these).
-
-    weights, gradients, AdamW's two moments: 4 arrays of n_params floats.
-    activations kept for backward, per layer, for B*T positions of width C: about
-    14 C (layernorms, q, k, v, attention output, projection, residuals), 3 x 4C for the
-    MLP's hidden layer, GELU output and GELU's saved tanh, and 3 nh T for the attention
-    scores, their masked copy and the softmax weights; then 3 V per position for the
-    logits, the saved probabilities and their gradient.
-    """
-    B, T, C = config.batch_size, config.block_size, config.n_embd
-    nh, L = config.n_head, config.n_layer
-    per_layer = 14 * C + 3 * 4 * C + 3 * nh * T
-    per_position = L * per_layer + 3 * vocab_size + 4 * C
-    parts = {"weights": n_params, "gradients": n_params, "optimizer moments": 2 * n_params,
-             "activations": B * T * per_position}
-    return {k: v * bytes_per_float for k, v in parts.items()}
-
-
-def available_memory(device):
-    """Bytes free on the device: MemAvailable on Linux, cupy's free memory on a GPU."""
-    if device == "cuda":
-        import cupy
-        free, _ = cupy.cuda.runtime.memGetInfo()
-        return free
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def check_memory(parts, device):
-    """Print the estimate; refuse to start when it cannot fit."""
-    total = sum(parts.values())
-    detail = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in parts.items())
-    print(f"memory estimate: {total / 2**20:.1f} MiB ({detail})")
-    free = available_memory(device)
-    if total > free:
-        raise UserError(f"this run needs about {total / 2**30:.2f} GiB but only "
-                        f"{free / 2**30:.2f} GiB is free on {device}: lower --batch_size, "
-                        "--block_size or the model size")
+def check_memory(config, model_config, quiet=True):
+    """Refuse (UserError) a training run whose memory estimate (memory.py), made from its
+    settings (a TrainConfig) and the model's shape (a GPTConfig), does not fit; print the
+    estimate unless quiet."""
+    import nn                                  # here: the tokenizer CLI imports this module
+    parallel = config.parallel == "on" or (config.parallel == "auto" and config.device == "cpu"
+                                           and model_config.num_parameters()
+                                           <= nn.parallel.AUTO_MAX_PARAMETERS)
+    targets = [t.strip() for t in config.lora_targets.split(",") if t.strip()]
+    parts = memory.estimate(model_config, config.batch_size,
+                            8 if config.dtype == "float64" else 4,
+                            "lora" if config.lora_rank else "all", config.lora_rank, targets,
+                            parallel=parallel, model=config.model, device=config.device,
+                            accumulation=config.gradient_accumulation_steps)
+    memory.check(parts, config.device, {
+        "activations": f"--batch_size ({config.batch_size}) or --block_size "
+                       f"({config.block_size})",
+        "batch": f"--gradient_accumulation_steps ({config.gradient_accumulation_steps}) or "
+                 f"--batch_size ({config.batch_size})",
+        "model": "the model size (--n_layer, --n_embd), or train LoRA adapters only "
+                 "(--lora_rank 8)"})
+    if not quiet:
+        print(f"memory estimate: {memory.describe(parts)}")
 
 
 class Metrics:

@@ -15,7 +15,7 @@ if __name__ == "__main__":     # run as a program: OpenBLAS's idle threads sleep
     import os                  # (before NumPy loads it; see tensor/fast)
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -27,14 +27,14 @@ from gpt.bigram import Bigram
 from gpt.config import GPTConfig
 import tensor.fast
 
-from . import checkpoint, finetune_batches, finetune_data, tokenizer_io
-from .cli import check_device, report_user_errors
+from . import checkpoint, finetune_batches, finetune_data, pretrained, tokenizer_io
+from .cli import ArgumentParser, check_device, given, report_user_errors
 from .settings import UserError
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m tinygrad_gpt.sample", allow_abbrev=False,
-                                description="Sample text from a trained model.")
+    p = ArgumentParser(prog="python -m tinygrad_gpt.sample", allow_abbrev=False,
+                       description="Sample text from a trained model.")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--out_dir", "--out-dir", default=None,
                         help="a training run's folder (default: out)")
@@ -79,12 +79,12 @@ def load_run(out_dir, device):
 
 
 def load_pretrained(folder, device):
-    """Model and tokenizer from a Hugging Face GPT-2 folder."""
-    try:
-        model = GPT.from_pretrained(folder, device=device)
-    except (FileNotFoundError, ValueError) as e:
-        raise UserError(str(e)) from None
-    return model, tokenizer_io.load(Path(folder))
+    """Model and tokenizer from a Hugging Face GPT-2 folder, every file checked first
+    (tinygrad_gpt.pretrained: one line naming the first problem)."""
+    base = pretrained.read_base(folder)
+    if base.kind != "hf":
+        raise UserError(f"--init_from {folder} is a training run: sample it with --out_dir")
+    return base.load(device), base.tokenizer
 
 
 class Stopping:
@@ -107,23 +107,30 @@ def read_prompt(start):
         path = Path(start[len("FILE:"):])
         try:
             return path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
+        except (OSError, UnicodeDecodeError, ValueError) as e:     # ValueError: a NUL byte
             raise UserError(f"--start FILE:{path}: cannot read it as UTF-8 text ({e})") from None
     return start
 
 
 def main(argv=None):
     with tensor.fast.on():              # the CPU speed machinery, for this command only
-        return report_user_errors(run, parse_args(sys.argv[1:] if argv is None else argv))
+        return report_user_errors(lambda args: run(parse_args(args)),
+                                  sys.argv[1:] if argv is None else argv)
 
 
 def run(args):
     for name in ("num_samples", "max_new_tokens"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be a positive integer, got {getattr(args, name)}")
-    if args.temperature < 0 or (args.top_k is not None and args.top_k < 1) or \
+    if not (math.isfinite(args.temperature) and args.temperature >= 0) or \
+            (args.top_k is not None and args.top_k < 1) or \
             (args.top_p is not None and not 0 < args.top_p <= 1):
-        raise UserError("--temperature must be >= 0, --top_k >= 1 and --top_p in (0, 1]")
+        raise UserError("--temperature must be a finite number >= 0, --top_k >= 1 and --top_p "
+                        f"in (0, 1]; got {args.temperature}, {args.top_k}, {args.top_p}")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    given("--out_dir", args.out_dir)
+    given("--init_from", args.init_from)
     device = check_device(args.device)
     if args.init_from:
         model, tok = load_pretrained(args.init_from, device)
@@ -137,7 +144,11 @@ def run(args):
             raise UserError("--instruction is empty: give the instruction")
         from .finetune_task import end_id
         prompt, stop = finetune_data.format_prompt(args.instruction, args.input), end_id(tok)
-        ids = finetune_batches.text_encoder(tok)(prompt)
+        try:
+            ids = finetune_batches.text_encoder(tok)(prompt)
+        except (ValueError, KeyError) as e:      # a character-level model's missing characters
+            raise UserError(f"the model's tokenizer cannot encode the instruction prompt: "
+                            f"{e}") from None
     else:
         if args.input:
             raise UserError("--input goes with --instruction")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, fields
 from gpt.config import PRESETS as MODEL_PRESETS
 from gpt.config import GPTConfig
 
+from .cli import ArgumentParser, check_writable
 from .cli import UserError      # train, sample, checkpoint and trace import it from here too
 
 try:
@@ -97,6 +98,12 @@ class TrainConfig:
                 raise UserError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if self.learning_rate == 0:
             raise UserError("--learning_rate must be > 0")
+        if self.seed < 0:
+            raise UserError(f"--seed must be >= 0, got {self.seed}")
+        if not self.out_dir.strip():
+            raise UserError("--out_dir is empty: give the folder the run writes to")
+        if self.export_hf:              # checked now, not after the whole run
+            check_writable("--export_hf", self.export_hf)
         try:                    # the model's sizes, n_embd % n_head, dropout: GPTConfig's rules
             self.model_config(vocab_size=self.vocab_size)   # the tokenizer sets the real one
         except ValueError as e:
@@ -178,13 +185,19 @@ def convert(name, value, config_class=None):
     try:
         if kind is bool:
             return value if isinstance(value, bool) else parse_bool(value)
-        if kind is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError
+        if isinstance(value, bool) or (kind is str and not isinstance(value, str)):
+            raise TypeError             # TOML's true for a number, 5 for a path
+        number = value
         if kind is int and isinstance(value, str):
-            return int(float(value)) if float(value).is_integer() else int(value)
-        if kind is float and not math.isfinite(float(value)):
+            try:
+                return int(value)
+            except ValueError:          # "1e3", "2.0": integers written as floats
+                number = float(value)
+        if kind is int and isinstance(number, float) and not number.is_integer():
             raise ValueError
-        return kind(value)
+        if kind is float and not math.isfinite(float(number)):
+            raise ValueError
+        return kind(number)
     except (ValueError, TypeError, OverflowError, argparse.ArgumentTypeError):
         raise UserError(f"--{name} expects {kind.__name__}, got {value!r}") from None
 
@@ -199,8 +212,8 @@ def unknown_key(key, names=None):
 
 
 def build_parser(description):
-    parser = argparse.ArgumentParser(prog="python -m tinygrad_gpt.train", description=description,
-                                     allow_abbrev=False, argument_default=argparse.SUPPRESS)
+    parser = ArgumentParser(prog="python -m tinygrad_gpt.train", description=description,
+                            allow_abbrev=False, argument_default=argparse.SUPPRESS)
     parser.add_argument("--preset", help=f"start from a preset: {', '.join(PRESETS)}")
     parser.add_argument("--config", metavar="FILE.toml", help="settings from a TOML file")
     parser.add_argument("--resume", nargs="?", const=True, type=parse_bool,

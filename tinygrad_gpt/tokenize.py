@@ -11,7 +11,10 @@ missing file, non-UTF-8 text, a too-small vocabulary, a corrupt tokenizer folder
 line on stderr and exits with status 2.
 """
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,12 +22,12 @@ from tokenizer import BPETokenizer, files
 from tokenizer.audit import SAMPLES, audit
 from tokenizer.patterns import NAMED_PATTERNS
 
-from .cli import UserError, report_user_errors
+from .cli import ArgumentParser, UserError, check_writable, given, report_user_errors
 
 
 def read_text(path):
     """A UTF-8 text file's content, or UserError saying what is wrong and what to do."""
-    path = Path(path)
+    path = Path(given("--data", path))
     if not path.is_file():
         raise UserError(f"{path}: no such file; pass the path of a UTF-8 text file")
     try:
@@ -35,6 +38,7 @@ def read_text(path):
 
 def load(folder):
     """The BPE tokenizer saved in folder, or UserError saying what is missing or corrupt."""
+    given("--tokenizer", folder)
     try:
         return BPETokenizer.load(folder)
     except (ValueError, FileNotFoundError) as e:
@@ -58,13 +62,14 @@ def read_stdin():
 
 
 def cmd_train(args):
+    check_writable("--out", given("--out", args.out))
     train_text, _ = split_holdout(read_text(args.data), args.val_fraction)
     start = time.perf_counter()
     try:                             # too small a vocab_size, a special token's spelling
         tok = BPETokenizer.train(train_text, args.vocab_size, pattern=args.pattern,
                                  special_tokens=args.special)
         seconds = time.perf_counter() - start
-        tok.save(args.out)
+        save(tok, Path(args.out))
     except ValueError as e:
         raise UserError(str(e)) from None
     except OSError as e:
@@ -80,6 +85,16 @@ def cmd_train(args):
     print(f"wrote {args.out}/vocab.json, merges.txt, split_pattern.json")
 
 
+def save(tok, out):
+    """tok.save(out), but written to a fresh folder first and moved in only when every file
+    is there: a save that fails (a special token spelled like a byte) leaves out as it was."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.save(tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in sorted(os.listdir(tmp)):
+            shutil.move(os.path.join(tmp, name), out / name)
+
+
 def cmd_encode(args):
     tok, text = load(args.tokenizer), read_stdin()
     try:                             # a special token's text where none is allowed
@@ -91,7 +106,7 @@ def cmd_encode(args):
 
 def cmd_decode(args):
     tok = load(args.tokenizer)
-    words = sys.stdin.read().split()
+    words = read_stdin().split()
     try:
         ids = [int(w) for w in words]
     except ValueError:
@@ -118,7 +133,7 @@ def cmd_audit(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m tinygrad_gpt.tokenize",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train, use and inspect a byte-level BPE tokenizer (GPT-2 style). A "
@@ -181,13 +196,14 @@ def build_parser():
     return parser
 
 
-def run(args):
+def run(argv):
+    args = build_parser().parse_args(argv)
     args.run(args)
     return 0
 
 
 def main(argv=None):
-    return report_user_errors(run, build_parser().parse_args(argv))
+    return report_user_errors(run, argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ and the gradients it sends to its inputs, with L2 norms), then each parameter's 
 The model predicts each next character of the text: inputs text[:-1], targets text[1:].
 Dropout is off (eval mode) so the trace is deterministic.
 """
-import argparse
 import re
 import sys
 from dataclasses import dataclass
@@ -28,10 +27,12 @@ from tensor.graph import topological_order
 from tokenizer import CharTokenizer
 
 from . import tokenizer_io
+from .cli import ArgumentParser, given, report_user_errors
 from .op_cases import CASES, formula
 from .settings import UserError
 
 DEFAULT_TEXT = "To be, or not"
+MAX_TINY_TEXT = 1024        # characters the tiny GPT reads (its (T, T) attention grows as T^2)
 BACKPROP_MD = Path(__file__).resolve().parents[1] / "docs" / "backprop.md"
 DOC_NAMES = {"attention": "scaled_dot_product_attention"}   # op name -> its name in the docs
 ARG_NAMES = {"attention": ("q", "k", "v"), "layer_norm": ("x", "weight", "bias"),
@@ -262,9 +263,9 @@ def to_dot(t):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m tinygrad_gpt.trace", allow_abbrev=False,
-                                description="Print one forward and backward pass of a GPT, "
-                                            "op by op, with shapes, modules and gradients.")
+    p = ArgumentParser(prog="python -m tinygrad_gpt.trace", allow_abbrev=False,
+                       description="Print one forward and backward pass of a GPT, op by op, "
+                                   "with shapes, modules and gradients.")
     p.add_argument("--out_dir", "--out-dir", default=None,
                    help="a training run to load (default: a tiny seeded GPT fitted on --text)")
     p.add_argument("--text", default=DEFAULT_TEXT, help=f"the text (default {DEFAULT_TEXT!r})")
@@ -282,7 +283,14 @@ def parse_args(argv):
 def load_model(args):
     if not args.text:
         raise UserError("--text is empty: give at least two characters")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    given("--out_dir", args.out_dir)
+    given("--dot", args.dot)
     if args.out_dir is None:
+        if len(args.text) > MAX_TINY_TEXT:
+            raise UserError(f"--text is {len(args.text)} characters; the tiny GPT reads at most "
+                            f"{MAX_TINY_TEXT}: shorten it")
         model, tok = build_tiny(args.text, args.seed)
         ids = tok.encode(args.text)
     else:
@@ -299,28 +307,29 @@ def load_model(args):
 
 
 def main(argv=None):
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        model, ids = load_model(args)
-        t = trace(model, ids, composed=args.composed)
-        header = [f"{type(model).__name__}: {len(ids) - 1} tokens in, loss {t.loss:.4f}"]
-        if args.op:
-            lines = header + op_lines(t, args.op, args.index)
-        else:
-            lines = header + [""] + forward_lines(t) + [""] + backward_lines(t) + [""] + \
-                parameter_lines(t)
-        if args.dot:
-            dot = to_dot(t)
-            try:
-                Path(args.dot).write_text(dot, encoding="utf-8")
-            except OSError as e:
-                raise UserError(f"--dot {args.dot}: cannot write it ({e.strerror})") from None
-            lines.append(f"\nwrote {args.dot}: {len(t.ops)} op nodes (boxes), "
-                         f"{dot.count('shape=ellipse')} leaf nodes (ellipses: parameters, "
-                         f"constants); render with: dot -Tsvg {args.dot} > graph.svg")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return report_user_errors(run, sys.argv[1:] if argv is None else argv)
+
+
+def run(argv):
+    args = parse_args(argv)
+    model, ids = load_model(args)
+    t = trace(model, ids, composed=args.composed)
+    header = [f"{type(model).__name__}: {len(ids) - 1} tokens in, loss {t.loss:.4f}"]
+    if args.op:
+        lines = header + op_lines(t, args.op, args.index)
+    else:
+        lines = header + [""] + forward_lines(t) + [""] + backward_lines(t) + [""] + \
+            parameter_lines(t)
+    if args.dot:
+        dot = to_dot(t)
+        try:
+            Path(args.dot).write_text(dot, encoding="utf-8")
+        except (OSError, ValueError) as e:          # ValueError: a NUL byte in the path
+            raise UserError(f"--dot {args.dot}: cannot write it "
+                            f"({getattr(e, 'strerror', None) or e})") from None
+        lines.append(f"\nwrote {args.dot}: {len(t.ops)} op nodes (boxes), "
+                     f"{dot.count('shape=ellipse')} leaf nodes (ellipses: parameters, "
+                     f"constants); render with: dot -Tsvg {args.dot} > graph.svg")
     print("\n".join(lines))
     return 0
 

@@ -2,8 +2,9 @@
 
 The loop, as nanoGPT's: at each iteration set the learning rate, evaluate every
 eval_interval iterations (and checkpoint), then take one optimizer step made of
-gradient_accumulation_steps micro-batches. Ctrl-C saves a checkpoint and exits; a NaN
-or infinite loss stops the run and leaves the last good checkpoint; --resume continues.
+gradient_accumulation_steps micro-batches. Ctrl-C or SIGTERM saves a checkpoint and exits
+(130, 143); a NaN or infinite loss, or a failed save (a full disk), stops the run (exit 1)
+and keeps the last good checkpoint; --resume continues. One run per --out_dir (run_guard).
 --init_from PATH starts from a pretrained model's weights (a GPT-2 folder or a run; see
 pretrained.py): its shape and tokenizer, a fresh optimizer, iteration 0.
 
@@ -16,7 +17,6 @@ if __name__ == "__main__":     # run as a program: tune this process's OpenBLAS 
 
 import functools
 import math
-import signal
 import sys
 import time
 from dataclasses import asdict
@@ -32,8 +32,9 @@ from gpt import GPT, GPTConfig
 from gpt.bigram import Bigram
 from tensor import no_grad
 
-from . import checkpoint, data, pretrained, report, settings, tokenizer_io
-from .cli import check_device, report_user_errors
+from . import checkpoint, data, pretrained, report, run_guard, settings, tokenizer_io
+from .cli import check_device, check_writable, report_user_errors
+from .run_guard import Interrupt
 from .settings import UserError
 
 # Settings a resumed run may change; the rest must match the checkpoint.
@@ -72,37 +73,24 @@ def evaluate(model, dataset, config, it):
 
 
 def sample_text(model, tok, config, it):
-    prompt = np.asarray([tokenizer_io.prompt_ids(tok, "\n")])
+    try:                                   # from a newline, or token 0 in a text without one
+        prompt = np.asarray([tokenizer_io.prompt_ids(tok, "\n")])
+    except UserError:
+        prompt = np.zeros((1, 1), np.int64)
     ids = model.generate(prompt, config.sample_tokens, temperature=0.8, top_k=200,
                          rng=[config.seed, it])
     return tok.decode(ids[0, prompt.shape[1]:].tolist())
-
-
-class Interrupt:
-    """The first Ctrl-C asks the loop to stop after the current step; a second one kills."""
-
-    def __init__(self):
-        self.requested = False
-        self.previous = signal.signal(signal.SIGINT, self.handle)
-
-    def handle(self, signum, frame):
-        if self.requested:
-            signal.signal(signal.SIGINT, self.previous)
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def restore(self):
-        signal.signal(signal.SIGINT, self.previous)
 
 
 def setup(argv):
     config, resume, sources = settings.parse_with_sources(argv)
     explicit = [k for k, where in sources.items() if where == settings.COMMAND_LINE]
     out_dir = Path(config.out_dir)
+    run_guard.check_free(out_dir)             # another run there: refused before any work
     saved = base = None
-    if resume:
-        saved = checkpoint.load(out_dir)
-        stored = settings.TrainConfig(**saved[0]["train_config"])
+    if resume:                                # its settings now, its weights after the checks
+        saved = checkpoint.read_info(out_dir)
+        stored = settings.TrainConfig(**saved["train_config"])
         changed = [k for k in explicit if k not in RESUMABLE
                    and getattr(config, k) != getattr(stored, k)]
         if changed:
@@ -116,23 +104,20 @@ def setup(argv):
         base = pretrained.read_base(config.init_from)
         config = pretrained.apply(base, config, sources)
     check_device(config.device)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"--out_dir {out_dir} is not writable ({e.strerror}): choose another "
-                        "folder") from None
+    shape = (GPTConfig.from_dict(saved["model_config"]) if saved else      # (a char vocabulary
+             base.model_config(config.block_size, config.dropout) if base else  # is counted
+             config.model_config(config.vocab_size if config.tokenizer == "bpe" else 1))  # later)
+    report.check_memory(config, shape)        # from the settings alone: within a second
+    check_writable("--out_dir", out_dir)    # nothing is made until every check passes
     return config, saved, base
 
 
-def main(argv=None):
-    with tensor.fast.on():              # the CPU speed machinery, for this command only
-        return report_user_errors(train, sys.argv[1:] if argv is None else argv)
+def main(argv=None):     # fast CPU ops, the folder's lock, overflow left to the NaN check
+    with tensor.fast.on(), run_guard.RunLock() as lock, run_guard.quiet_overflow():
+        return report_user_errors(train, sys.argv[1:] if argv is None else argv, lock)
 
 
-def train(argv):
+def train(argv, lock):
     config, saved, base = setup(argv)
     out_dir = Path(config.out_dir)
     if config.init_from:     # the base's tokenizer: PATH's, or on --resume the run's copy of it
@@ -147,7 +132,7 @@ def train(argv):
                             f"fewer than block_size + 1 = {config.block_size + 1}: use more "
                             "data or a smaller --block_size")
     if saved:
-        model_config = GPTConfig.from_dict(saved[0]["model_config"])
+        model_config = GPTConfig.from_dict(saved["model_config"])
     elif base:
         model_config = base.model_config(config.block_size, config.dropout)
     else:
@@ -164,8 +149,7 @@ def train(argv):
         print(f"init_from: {base.describe()}" + (f"; block_size cropped to "
               f"{model_config.block_size}" if cropped else "") + "; optimizer state fresh")
     print(f"model: {config.model}, {n_params:,} parameters ({n_params / 1e6:.2f}M)")
-    itemsize = 8 if config.dtype == "float64" else 4        # checked before loading weights
-    report.check_memory(report.estimate_memory(n_params, config, V, itemsize), config.device)
+    report.check_memory(config, model_config, quiet=False)   # with the real vocabulary
     model = build_model(config, model_config, base)
     lora = None
     if config.lora_rank:                 # only the adapters train; the rest is frozen
@@ -177,14 +161,16 @@ def train(argv):
             raise UserError(f"--lora_targets: {e}") from None
         print(f"LoRA: rank {config.lora_rank} on {', '.join(lora['targets'])}; "
               f"{model.num_trainable_parameters():,} trainable parameters")
+    out_dir.mkdir(parents=True, exist_ok=True)    # every check passed: the first write
+    lock.acquire(out_dir)
     tokenizer_io.save(tok, out_dir / "tokenizer")
-    base_record = base.to_dict() if base else saved[0].get("base") if saved else None
+    base_record = base.to_dict() if base else saved.get("base") if saved else None
     optimizer = nn.AdamW(nn.decay_groups(model.parameters(), config.weight_decay),
                          lr=config.learning_rate, betas=(config.beta1, config.beta2))
     rng = np.random.default_rng(config.seed)           # draws the training batches
     start, best_val = 0, math.inf
     if saved:
-        info, weights, optim_state = saved
+        info, weights, optim_state = checkpoint.load(out_dir)
         try:
             model.load_state_dict(weights, strict=True)
             optimizer.load_state_dict(optim_state)
@@ -207,26 +193,25 @@ def train(argv):
 
     def save(it, evaluated=True):
         if not all(bool(p.xp.isfinite(p.data).all()) for p in model.parameters()):
-            raise_nan(it, "non-finite weights", checkpoint.last_iter(out_dir), out_dir)
-        checkpoint.save(out_dir, model, optimizer, {
+            raise_nan(it, "non-finite weights", out_dir, bar)
+        run_guard.save(out_dir, model, optimizer, {      # a full disk: stop, the last kept
             "iter": it, "evaluated": evaluated, "best_val_loss": best_val,
             "train_config": asdict(config), "model_config": model.config.to_dict(),
             "model": config.model, "tokenizer": config.tokenizer,
             "random_state": checkpoint.random_state(rng, config.device), "lora": lora,
-            **({"base": base_record} if base_record else {})})
+            **({"base": base_record} if base_record else {})}, "iteration", bar.close)
 
     tokens_per_step = config.batch_size * config.block_size * config.gradient_accumulation_steps
-    interrupt, t_start, it = Interrupt(), time.perf_counter(), start
+    interrupt, t_start, it = Interrupt(out_dir), time.perf_counter(), start
     bar = tqdm(total=config.max_iters, initial=start, desc="training", unit="it",
                dynamic_ncols=True)
     try:
         for it in range(start, config.max_iters + 1):
             if (it % config.eval_interval == 0 or it == config.max_iters) and \
-                    not (saved and it == start and saved[0]["evaluated"]):
+                    not (saved and it == start and saved["evaluated"]):
                 losses = evaluate(model, dataset, config, it)
                 if not all(map(math.isfinite, losses.values())):
-                    bar.close()
-                    raise_nan(it, losses["val"], checkpoint.last_iter(out_dir), out_dir)
+                    raise_nan(it, losses["val"], out_dir, bar)
                 metrics.write(iter=it, train_loss=losses["train"], val_loss=losses["val"])
                 bar.write(f"iter {it}: train loss {losses['train']:.4f}, "
                           f"val loss {losses['val']:.4f}")
@@ -250,21 +235,17 @@ def train(argv):
             loss = step(model, optimizer, forward_backward, x, y, lr, config)
             dt = time.perf_counter() - t0
             if not math.isfinite(loss):
-                bar.close()
-                last = checkpoint.last_iter(out_dir)
-                raise_nan(it, loss, last, out_dir)
+                raise_nan(it, loss, out_dir, bar)
             if it % config.log_interval == 0:
                 metrics.write(iter=it, loss=loss, lr=lr, dt_ms=dt * 1e3,
                               tokens_per_s=tokens_per_step / dt)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", ms=f"{dt * 1e3:.0f}",
                             tok_s=f"{tokens_per_step / dt:,.0f}")
             bar.update(1)
-            if interrupt.requested:
+            if interrupt.requested:           # Ctrl-C or SIGTERM: one checkpoint, then stop
                 save(it + 1, evaluated=False)
                 bar.close()
-                print(f"\ninterrupted: checkpoint saved at iteration {it + 1} in {out_dir}; "
-                      "continue with --resume")
-                return 130
+                return interrupt.stopped(it + 1, out_dir)
     finally:
         interrupt.restore()
         bar.close()
@@ -308,12 +289,10 @@ def step(model, optimizer, forward_backward, x, y, lr, config):
     return loss
 
 
-def raise_nan(it, loss, last, out_dir):
-    kept = f"the last good checkpoint (iteration {last}) in {out_dir} is intact" \
-        if last is not None else "no checkpoint was written yet"
-    print(f"error: the loss became {loss} at iteration {it}; stopping. {kept}. "
-          "Try a lower --learning_rate or a smaller --grad_clip.", file=sys.stderr)
-    raise SystemExit(1)
+def raise_nan(it, loss, out_dir, bar):
+    bar.close()
+    run_guard.stop(f"the loss became {loss} at iteration {it}", out_dir, "iteration",
+                   "Try a lower --learning_rate or a smaller --grad_clip.")
 
 
 if __name__ == "__main__":
