@@ -31,7 +31,6 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from tensor import backend
-
 from .config import GPTConfig
 from .safetensors_file import read_header, save_file
 

@@ -11,6 +11,7 @@ import tensor.functional as F
 from runs import make_run
 from tensor import observe_ops
 from tinygrad_gpt import trace as tr
+from tinygrad_gpt import trace_views as tv
 from tinygrad_gpt.op_cases import CASES, formula
 
 # The forward listing of the default tiny GPT on "To be, or not" (12 tokens in).
@@ -134,8 +135,8 @@ def parse_dot(text):
 
 
 def test_dot_is_a_digraph_with_one_node_per_op(tiny, tmp_path, capsys):
-    kind, nodes, edges = parse_dot(tr.to_dot(tiny))
-    assert kind == "digraph" and tr.to_dot(tiny).rstrip().endswith("}")
+    kind, nodes, edges = parse_dot(tv.to_dot(tiny))
+    assert kind == "digraph" and tv.to_dot(tiny).rstrip().endswith("}")
     op_nodes = [n for n in nodes if n.startswith("op")]
     leaf_nodes = [n for n in nodes if n.startswith("leaf")]
     assert len(op_nodes) == len(tiny.ops) == 46
@@ -188,10 +189,10 @@ def test_formula_from_backprop_md_else_the_docstring(tmp_path):
     md.write_text("intro\n**backward:** `softmax`: `dx = y * (dy - sum(dy * y))`\n"
                   "| `exp` | `y = exp(a)` | **backward:** `da = dy * y` | note |\n"
                   "**backward:** `scaled_dot_product_attention`: `dq = s dS @ k`\n")
-    assert tr.backprop_formula("softmax", md) == ("dx = y * (dy - sum(dy * y))",
+    assert tv.backprop_formula("softmax", md) == ("dx = y * (dy - sum(dy * y))",
                                                   "docs/backprop.md")
-    assert tr.backprop_formula("exp", md)[0] == "da = dy * y"
-    assert tr.backprop_formula("attention", md)[0] == "dq = s dS @ k"
+    assert tv.backprop_formula("exp", md)[0] == "da = dy * y"
+    assert tv.backprop_formula("attention", md)[0] == "dq = s dS @ k"
     # Not in the file: the docstring. F.gelu, F.layer_norm... are one-line dispatch
     # wrappers ("GELU (gelu.py)."), so the math line comes from the reference op in tensor/.
     for op, wrapper, reference in (
@@ -199,31 +200,31 @@ def test_formula_from_backprop_md_else_the_docstring(tmp_path):
             ("layer_norm", F.layer_norm, F.reference_layer_norm),
             ("cross_entropy", F.cross_entropy, F.reference_cross_entropy),
             ("attention", F.scaled_dot_product_attention, F.reference_attention)):
-        text, where = tr.backprop_formula(op, tmp_path / "missing.md")
+        text, where = tv.backprop_formula(op, tmp_path / "missing.md")
         assert reference.__module__ != "tensor.functional"
         assert where == f"the docstring of {reference.__module__}.{reference.__name__}"
         assert text == formula(reference) != formula(wrapper)
         assert re.match(r"d\w+ = ", text), (op, text)       # the backward half: "dx = ..."
-    text, where = tr.backprop_formula("gelu", md)
+    text, where = tv.backprop_formula("gelu", md)
     assert "dx = dy *" in text and where == "the docstring of tensor.gelu.gelu"
-    assert tr.backprop_formula("exp", tmp_path / "missing.md") == (
+    assert tv.backprop_formula("exp", tmp_path / "missing.md") == (
         "da = dy * y", "the docstring of tensor.elementwise.exp")
-    assert tr.backprop_formula("nope", md) == ("(no formula found)", "nowhere")
+    assert tv.backprop_formula("nope", md) == ("(no formula found)", "nowhere")
 
 
 def test_docs_backprop_md_has_a_formula_for_every_op():
     """The real docs/backprop.md: one backward line for each op gradcheck knows, and so for
     every op a trace can show (fused and composed attention)."""
     for name, _, _ in CASES:
-        text, where = tr.backprop_formula(name)
+        text, where = tv.backprop_formula(name)
         assert where == "docs/backprop.md", name
         assert re.search(r"\bd\w+(\[\w+\])? = ", text), (name, text)    # "dx = ", "dW[j] = "
-    lines = tr.BACKPROP_MD.read_text(encoding="utf-8").count("**backward:**")
+    lines = tv.BACKPROP_MD.read_text(encoding="utf-8").count("**backward:**")
     assert lines == len(CASES) == 35
     for composed in (False, True):
         t, _ = traced_with_independent_record(composed)
         for op in {r.op for r in t.ops}:
-            assert tr.backprop_formula(op)[1] == "docs/backprop.md", op
+            assert tv.backprop_formula(op)[1] == "docs/backprop.md", op
 
 
 # ----- the tracer is right for every op (its gradients are the engine's) --------------------
@@ -305,10 +306,10 @@ def test_printed_backward_shows_every_edge_with_its_norm(recorded):
     for line, r in zip(lines, t.backward):
         assert line.startswith(f"  [{r.index:2d}] {r.label} ")
         sent = re.findall(r"(\S+) (\d\.\d\de[+-]\d\d)(?:,|$)", line.split(" -> ", 1)[1])
-        expected = [(t.source(p, r.module), f"{tr.norm(g):.2e}")
+        expected = [(t.source(p, r.module), f"{tv.norm(g):.2e}")
                     for p, g in zip(r.parents, returned[id(r.out)]) if g is not None]
         assert sent == expected, line
-    params = {name: f"{tr.norm(p.grad):.3e}" for name, p in t.params}
+    params = {name: f"{tv.norm(p.grad):.3e}" for name, p in t.params}
     for line in tr.parameter_lines(t)[2:]:                  # name, shape, |grad|, ...
         name = line.split()[0]
         assert re.findall(r"\d\.\d{3}e[+-]\d\d", line)[0] == params.pop(name), line
@@ -328,7 +329,7 @@ def test_op_embedding_names_the_tied_weight_with_a_norm(capsys):
         assert shown, out
         r = next(r for r in t.ops if r.label == label)
         g = returned[id(r.out)][[p.shape for p in r.parents].index((9, 16))]
-        assert shown.group(1) == f"{tr.norm(g):.3e}"     # this op's part, not the total
+        assert shown.group(1) == f"{tv.norm(g):.3e}"     # this op's part, not the total
 
 
 def test_a_trained_run_is_traced(tmp_path, capsys):

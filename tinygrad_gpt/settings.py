@@ -23,8 +23,7 @@ from dataclasses import dataclass, fields
 from gpt.config import PRESETS as MODEL_PRESETS
 from gpt.config import GPTConfig
 
-from .cli import ArgumentParser, check_writable
-from .cli import UserError      # train, sample, checkpoint and trace import it from here too
+from .cli import ArgumentParser, UserError, check_writable  # UserError: others import it here
 
 try:
     import tomllib
