@@ -107,8 +107,7 @@ def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one(corpus, tmp_
         raise KeyboardInterrupt("killed mid-write")
 
     monkeypatch.setattr(checkpoint, "save_file", half_written)
-    with pytest.raises(KeyboardInterrupt):
-        run(["--resume", f"--out_dir={out}", "--max_iters=8"])
+    run(["--resume", f"--out_dir={out}", "--max_iters=8"], expect=130)   # one line, no trace
     assert written
     after = load(out)                        # still loadable, still the old iteration
     assert after[0]["iter"] == 4

@@ -30,11 +30,10 @@ from pathlib import Path
 
 import nn
 import tensor
-import tensor.fast
 from tensor import backend
 
 from . import checkpoint, report, run_guard, tokenizer_io
-from .cli import UserError, check_device, check_writable, report_user_errors
+from .cli import UserError, check_device, check_writable
 from .run_guard import Interrupt
 from .settings import convert, parse_bool, unknown_key
 
@@ -152,9 +151,8 @@ def parse(argv):
     return config, resume, sorted(values)
 
 
-def main(argv=None):     # fast CPU ops, the folder's lock, overflow left to the NaN check
-    with tensor.fast.on(), run_guard.RunLock() as lock, run_guard.quiet_overflow():
-        return report_user_errors(finetune, sys.argv[1:] if argv is None else argv, lock)
+def main(argv=None):
+    return run_guard.run_loop(finetune, sys.argv[1:] if argv is None else argv)
 
 
 def finetune(argv, lock):

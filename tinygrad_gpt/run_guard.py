@@ -31,8 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+import tensor.fast
+
 from . import checkpoint
-from .cli import UserError
+from .cli import UserError, report_user_errors
 
 try:
     import fcntl
@@ -72,11 +74,20 @@ class Interrupt:
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
 
 
-def quiet_overflow():
-    """np.errstate for a training loop: a diverging step's overflow and NaNs end the run as a
-    non-finite loss (stop(): one line, exit 1); NumPy's RuntimeWarnings would only repeat
-    that in more lines on stderr before it."""
-    return np.errstate(over="ignore", invalid="ignore")
+def run_loop(command, argv):
+    """What train's and finetune's main() share: command(argv, lock) with the CPU speed
+    machinery on (tensor.fast), the folder's RunLock, bad input as one line (exit 2), and
+    NumPy's overflow warnings off: a diverging step's overflow and NaNs end the run as a
+    non-finite loss (stop(): one line, exit 1), the warnings would only repeat it. A Ctrl-C
+    before the loop's Interrupt listens (while the data is prepared or the model built) is
+    one line and exit 130; any checkpoint already in --out_dir is as it was."""
+    with tensor.fast.on(), RunLock() as lock, np.errstate(over="ignore", invalid="ignore"):
+        try:
+            return report_user_errors(command, argv, lock)
+        except KeyboardInterrupt:
+            print("\nerror: interrupted (Ctrl-C) before a checkpoint could be saved; any "
+                  "checkpoint already in --out_dir is intact", file=sys.stderr)
+            return 128 + signal.SIGINT
 
 
 def kept(out_dir, unit):

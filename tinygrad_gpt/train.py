@@ -8,8 +8,8 @@ and keeps the last good checkpoint; --resume continues. One run per --out_dir (r
 --init_from PATH starts from a pretrained model's weights (a GPT-2 folder or a run; see
 pretrained.py): its shape and tokenizer, a fresh optimizer, iteration 0.
 
-The CPU speed machinery (tensor/fast/) is switched on here, in main(); TINYGRAD_GPT_FAST=0
-runs every op's reference code instead.
+The CPU speed machinery (tensor/fast/) is switched on for this command only, in main()
+(run_guard.run_loop); TINYGRAD_GPT_FAST=0 runs every op's reference code instead.
 """
 if __name__ == "__main__":     # run as a program: tune this process's OpenBLAS before NumPy
     import os                  # loads it (idle BLAS threads sleep at once; tensor/fast)
@@ -27,13 +27,12 @@ from tqdm import tqdm
 
 import nn
 import tensor
-import tensor.fast
 from gpt import GPT, GPTConfig
 from gpt.bigram import Bigram
 from tensor import no_grad
 
 from . import checkpoint, data, pretrained, report, run_guard, settings, tokenizer_io
-from .cli import check_device, check_writable, report_user_errors
+from .cli import check_device, check_writable
 from .run_guard import Interrupt
 from .settings import UserError
 
@@ -112,9 +111,8 @@ def setup(argv):
     return config, saved, base
 
 
-def main(argv=None):     # fast CPU ops, the folder's lock, overflow left to the NaN check
-    with tensor.fast.on(), run_guard.RunLock() as lock, run_guard.quiet_overflow():
-        return report_user_errors(train, sys.argv[1:] if argv is None else argv, lock)
+def main(argv=None):
+    return run_guard.run_loop(train, sys.argv[1:] if argv is None else argv)
 
 
 def train(argv, lock):
