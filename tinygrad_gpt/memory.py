@@ -24,7 +24,9 @@ A training step's peak is in the backward pass, when everything below is alive a
     batch                a step's token ids: k micro-batches of B windows of T + 1 tokens,
                          drawn at once (data.get_batch: the int64 index, the ids, the
                          int64 copy: 18 bytes a token)
-    buckets              the gradient buckets of an allreduce across ranks (2 x bucket size)
+    reduce buffers       across ranks, nn.GradientReducer's buckets (P values: every trained
+                         value once, bucket_mb at a time) or ZeroAdamW's flat buffer and its
+                         shard of the averaged gradient (P + P/N); the batch is per rank
 
 Measured against peak RSS (tests/test_memory_estimate.py) at three sizes: within 25%, and
 on the high side. benchmarks/README.md has the numbers.
@@ -86,8 +88,8 @@ def estimate(config, batch_size, itemsize=4, trainable="all", lora_rank=0,
              "optimizer moments": moments * itemsize,
              "activations": acts,
              "batch": accumulation * batch_size * (T + 1) * 18}
-    if n_ranks > 1:
-        parts["buckets"] = 2 * bucket_mb << 20
+    if n_ranks > 1 or zero:     # a reducer's buckets (P); ZeRO's flat buffer P + shard P/N
+        parts["reduce buffers"] = (trained + (trained // n_ranks if zero else 0)) * itemsize
     return parts
 
 

@@ -6,21 +6,25 @@ from pathlib import Path
 from . import memory
 
 
-def check_memory(config, model_config, quiet=True):
+def check_memory(config, model_config, quiet=True, world=None):
     """Refuse (UserError) a training run whose memory estimate (memory.py), made from its
     settings (a TrainConfig) and the model's shape (a GPTConfig), does not fit; print the
-    estimate unless quiet."""
+    estimate unless quiet. world: the ranks (nn.distributed; None: one process); the
+    estimate is per rank, which holds the ranks of its machine only once each."""
     import nn                                  # here: the tokenizer CLI imports this module
+    n_ranks, local = (1, 1) if world is None else (world.size, world.local_size)
     parallel = config.parallel == "on" or (config.parallel == "auto" and config.device == "cpu"
-                                           and model_config.num_parameters()
+                                           and local == 1 and model_config.num_parameters()
                                            <= nn.parallel.AUTO_MAX_PARAMETERS)
     targets = [t.strip() for t in config.lora_targets.split(",") if t.strip()]
     parts = memory.estimate(model_config, config.batch_size,
                             8 if config.dtype == "float64" else 4,
                             "lora" if config.lora_rank else "all", config.lora_rank, targets,
-                            parallel=parallel, model=config.model, device=config.device,
-                            accumulation=config.gradient_accumulation_steps)
-    memory.check(parts, config.device, {
+                            parallel=parallel, n_ranks=n_ranks, zero=config.zero,
+                            bucket_mb=config.bucket_mb, model=config.model,
+                            device=config.device, accumulation=config.gradient_accumulation_steps)
+    free = memory.available(config.device) // local if local > 1 else None   # shared by ranks
+    memory.check(parts, config.device, free=free, lower={
         "activations": f"--batch_size ({config.batch_size}) or --block_size "
                        f"({config.block_size})",
         "batch": f"--gradient_accumulation_steps ({config.gradient_accumulation_steps}) or "

@@ -62,10 +62,12 @@ class Interrupt:
             raise SystemExit(128 + signum)
         self.requested, self.signum = True, signum
 
-    def stopped(self, it, out_dir):
-        """Say (in one line) that the loop stopped and saved at `it`; the exit code."""
+    def stopped(self, it, out_dir, elsewhere=False):
+        """Say (in one line) that the loop stopped and saved at `it`; the exit code.
+        elsewhere: the signal came to another rank of the job, not to this process."""
         signum = self.signum or signal.SIGINT
-        print(f"\ninterrupted by {NAMES[signum]}: checkpoint saved at {self.unit} {it} in "
+        by = "a signal to another rank" if elsewhere else NAMES[signum]
+        print(f"\ninterrupted by {by}: checkpoint saved at {self.unit} {it} in "
               f"{out_dir}; continue with --resume", flush=True)
         return 128 + signum
 

@@ -73,6 +73,9 @@ class TrainConfig:
     dtype: str = "float32"              # float32 | float64
     parallel: str = "auto"              # auto | on | off: each batch's halves on the 2 CPU cores
     seed: int = 1337                    # seeds init, batches, dropout and samples
+    batch_stream: str = "sequential"    # sequential | per_step: batches by (seed, iter, j)
+    zero: int = 0                       # 1: ZeRO-1, AdamW's moments sharded over the ranks
+    bucket_mb: float = 25.0             # gradients travel between ranks in buckets this big
     overfit_batch: bool = False         # train on one fixed batch (loss should reach ~0)
     # LoRA and export (fine-tuning)
     lora_rank: int = 0                  # > 0: train only LoRA adapters of this rank (nn/lora.py)
@@ -95,8 +98,9 @@ class TrainConfig:
                      "sample_tokens"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} must be >= 0, got {getattr(self, name)}")
-        if self.learning_rate == 0:
-            raise UserError("--learning_rate must be > 0")
+        for name in ("learning_rate", "bucket_mb"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"--{name} must be > 0, got {getattr(self, name)}")
         if self.seed < 0:
             raise UserError(f"--seed must be >= 0, got {self.seed}")
         if not self.out_dir.strip():
@@ -112,9 +116,10 @@ class TrainConfig:
                             f"{self.beta2}")
         for name, allowed in (("tokenizer", ("char", "bpe")), ("model", ("gpt", "bigram")),
                               ("dtype", ("float32", "float64")), ("device", ("cpu", "cuda")),
-                              ("parallel", ("auto", "on", "off"))):
+                              ("parallel", ("auto", "on", "off")), ("zero", (0, 1)),
+                              ("batch_stream", ("sequential", "per_step"))):
             if getattr(self, name) not in allowed:
-                raise UserError(f"--{name} must be one of {', '.join(allowed)}, "
+                raise UserError(f"--{name} must be one of {', '.join(map(str, allowed))}, "
                                 f"got {getattr(self, name)!r}")
         if self.lora_rank < 0 or not self.lora_alpha > 0:
             raise UserError(f"--lora_rank must be >= 0 (0 = no LoRA) and --lora_alpha > 0, got "
@@ -128,20 +133,17 @@ class TrainConfig:
         return self
 
 
-# A training preset: the model shape of the same name in gpt.config.PRESETS, then the
-# settings in which the run differs from TrainConfig's defaults (as nanoGPT's config files
-# override its train.py).
+# A training preset: the model shape of the same name in gpt.config.PRESETS, then the settings
+# in which the run differs from TrainConfig's defaults (as nanoGPT's configs override train.py).
 TRAINING_PRESETS = {
-    # nanoGPT's CPU Shakespeare run (its README's CPU command line): ~1.5 min in nanoGPT.
-    # TrainConfig's defaults are this run.
+    # nanoGPT's CPU Shakespeare run (its README's CPU command line); TrainConfig's defaults.
     "shakespeare-char-cpu": {},
     # nanoGPT's GPU "baby GPT" (config/train_shakespeare_char.py); its learning_rate, min_lr,
     # beta2, warmup_iters, eval_interval and log_interval are the defaults too.
     "baby-gpt": dict(batch_size=64, max_iters=5000, lr_decay_iters=5000, eval_iters=200,
                      always_save_checkpoint=False),
 }
-# Fine-tuning presets: training settings only, for --init_from (which gives the model's shape
-# and tokenizer; a preset here sets neither).
+# Fine-tuning presets: training settings only, for --init_from (which gives shape, tokenizer).
 FINETUNE_PRESETS = {
     # nanoGPT's config/finetune_shakespeare.py: a small constant learning rate, 20 steps of
     # 32 accumulated sequences, evaluation every 5, a checkpoint only on a new best; beta2 0.95
@@ -232,10 +234,8 @@ def build_parser(description):
 
 
 def parse(argv, description="Train a GPT."):
-    """argv -> (TrainConfig, resume flag, keys given on the command line).
-
-    Order: defaults < preset < TOML file < argv.
-    """
+    """argv -> (TrainConfig, resume flag, keys given on the command line); defaults <
+    preset < TOML file < argv."""
     config, resume, sources = parse_with_sources(argv, description)
     return config, resume, sorted(k for k, where in sources.items() if where == COMMAND_LINE)
 

@@ -8,6 +8,10 @@ and keeps the last good checkpoint; --resume continues. One run per --out_dir (r
 --init_from PATH starts from a pretrained model's weights (a GPT-2 folder or a run; see
 pretrained.py): its shape and tokenizer, a fresh optimizer, iteration 0.
 
+`mpiexec -n N python -m tinygrad_gpt.train ...` trains on N ranks (ranks.py,
+docs/parallel.md): rank 0's weights everywhere, batches of one per_step stream shared out,
+gradients averaged (--zero 1: AdamW's moments sharded), only rank 0 prints and writes.
+
 The CPU speed machinery (tensor/fast/) is switched on for this command only, in main()
 (run_guard.run_loop); TINYGRAD_GPT_FAST=0 runs every op's reference code instead.
 """
@@ -29,17 +33,17 @@ import nn
 import tensor
 from gpt import GPT, GPTConfig
 from gpt.bigram import Bigram
-from tensor import no_grad
 
-from . import checkpoint, data, pretrained, report, run_guard, settings, tokenizer_io
+from . import checkpoint, data, pretrained, ranks, report, run_guard, settings, tokenizer_io
 from .cli import check_device, check_writable
+from .ranks import evaluate  # noqa: F401  (train.evaluate: tests and benchmarks use it)
 from .run_guard import Interrupt
 from .settings import UserError
 
 # Settings a resumed run may change; the rest must match the checkpoint.
 RESUMABLE = {"max_iters", "lr_decay_iters", "eval_interval", "log_interval", "eval_iters",
              "sample_tokens", "always_save_checkpoint", "device", "out_dir", "data",
-             "export_hf"}
+             "export_hf", "zero", "bucket_mb"}
 
 
 def build_model(config, model_config, base=None):
@@ -54,23 +58,6 @@ def build_model(config, model_config, base=None):
     return model.to(config.device)
 
 
-def evaluate(model, dataset, config, it):
-    """Mean loss over eval_iters batches of each split, with batches fixed by (seed, it)."""
-    losses = {}
-    model.eval()
-    with no_grad():
-        for k, split in enumerate(("train", "val")):
-            rng = np.random.default_rng([config.seed, it, k])
-            total = 0.0
-            for _ in range(config.eval_iters):
-                x, y = data.get_batch(getattr(dataset, split), config.block_size,
-                                      config.batch_size, rng)
-                total += model(x, y)[1].item()
-            losses[split] = total / config.eval_iters
-    model.train()
-    return losses
-
-
 def sample_text(model, tok, config, it):
     try:                                   # from a newline, or token 0 in a text without one
         prompt = np.asarray([tokenizer_io.prompt_ids(tok, "\n")])
@@ -81,7 +68,8 @@ def sample_text(model, tok, config, it):
     return tok.decode(ids[0, prompt.shape[1]:].tolist())
 
 
-def setup(argv):
+def setup(argv, world=None):
+    world = nn.distributed.world() if world is None else world
     config, resume, sources = settings.parse_with_sources(argv)
     explicit = [k for k, where in sources.items() if where == settings.COMMAND_LINE]
     out_dir = Path(config.out_dir)
@@ -90,7 +78,7 @@ def setup(argv):
     if resume:                                # its settings now, its weights after the checks
         saved = checkpoint.read_info(out_dir)
         stored = settings.TrainConfig(**saved["train_config"])
-        changed = [k for k in explicit if k not in RESUMABLE
+        changed = [k for k in explicit if k not in RESUMABLE | {"gradient_accumulation_steps"}
                    and getattr(config, k) != getattr(stored, k)]
         if changed:
             raise UserError(f"--resume: {', '.join('--' + k for k in changed)} differ from the "
@@ -102,33 +90,42 @@ def setup(argv):
     elif config.init_from:
         base = pretrained.read_base(config.init_from)
         config = pretrained.apply(base, config, sources)
+    config = ranks.check_config(config, world, explicit, saved)   # N ranks: per_step batches
     check_device(config.device)
     shape = (GPTConfig.from_dict(saved["model_config"]) if saved else      # (a char vocabulary
              base.model_config(config.block_size, config.dropout) if base else  # is counted
              config.model_config(config.vocab_size if config.tokenizer == "bpe" else 1))  # later)
-    report.check_memory(config, shape)        # from the settings alone: within a second
+    report.check_memory(config, shape, world=world)      # from the settings alone: within a second
     check_writable("--out_dir", out_dir)    # nothing is made until every check passes
     return config, saved, base
 
 
 def main(argv=None):
-    return run_guard.run_loop(train, sys.argv[1:] if argv is None else argv)
+    world = nn.distributed.world()        # one process: a SingleWorld, no MPI imported
+    return run_guard.run_loop(functools.partial(ranks.run, world, train),
+                              sys.argv[1:] if argv is None else argv)
 
 
-def train(argv, lock):
-    config, saved, base = setup(argv)
-    out_dir = Path(config.out_dir)
+def load_data(config, base, out_dir):
     if config.init_from:     # the base's tokenizer: PATH's, or on --resume the run's copy of it
         dataset = data.prepare(config.data, base.tokenizer if base else
                                tokenizer_io.load(out_dir / "tokenizer"))
     else:
         dataset = data.prepare(config.data, config.tokenizer, config.vocab_size)
-    tok = dataset.tokenizer
     for split in ("train", "val"):
         if len(getattr(dataset, split)) < config.block_size + 1:
             raise UserError(f"the {split} split has {len(getattr(dataset, split))} tokens, "
                             f"fewer than block_size + 1 = {config.block_size + 1}: use more "
                             "data or a smaller --block_size")
+    return dataset
+
+
+def train(argv, lock, world=None):
+    world = nn.distributed.world() if world is None else world
+    config, saved, base = ranks.agreed(world, setup, argv, world)   # N ranks: errors agreed
+    out_dir = Path(config.out_dir)
+    dataset = ranks.agreed(world, load_data, config, base, out_dir)
+    tok = dataset.tokenizer
     if saved:
         model_config = GPTConfig.from_dict(saved["model_config"])
     elif base:
@@ -147,24 +144,23 @@ def train(argv, lock):
         print(f"init_from: {base.describe()}" + (f"; block_size cropped to "
               f"{model_config.block_size}" if cropped else "") + "; optimizer state fresh")
     print(f"model: {config.model}, {n_params:,} parameters ({n_params / 1e6:.2f}M)")
-    report.check_memory(config, model_config, quiet=False)   # with the real vocabulary
+    ranks.agreed(world, report.check_memory, config, model_config, False, world)  # real vocab
     model = build_model(config, model_config, base)
     lora = None
     if config.lora_rank:                 # only the adapters train; the rest is frozen
         lora = {"rank": config.lora_rank, "alpha": config.lora_alpha,
                 "targets": [t.strip() for t in config.lora_targets.split(",") if t.strip()]}
-        try:
-            nn.apply_lora(model, **lora)
-        except ValueError as e:
-            raise UserError(f"--lora_targets: {e}") from None
+        ranks.agreed(world, ranks.apply_lora, model, lora)
         print(f"LoRA: rank {config.lora_rank} on {', '.join(lora['targets'])}; "
               f"{model.num_trainable_parameters():,} trainable parameters")
-    out_dir.mkdir(parents=True, exist_ok=True)    # every check passed: the first write
-    lock.acquire(out_dir)
-    tokenizer_io.save(tok, out_dir / "tokenizer")
+    ranks.start(world, model, config, dataset)    # N ranks: rank 0's weights, agreement
+    if world.is_root:
+        out_dir.mkdir(parents=True, exist_ok=True)    # every check passed: the first write
+        lock.acquire(out_dir)
+        tokenizer_io.save(tok, out_dir / "tokenizer")
     base_record = base.to_dict() if base else saved.get("base") if saved else None
-    optimizer = nn.AdamW(nn.decay_groups(model.parameters(), config.weight_decay),
-                         lr=config.learning_rate, betas=(config.beta1, config.beta2))
+    optimizer = ranks.optimizer_of(model, config, world)
+    sync = ranks.sync_of(world, model, optimizer, config)
     rng = np.random.default_rng(config.seed)           # draws the training batches
     start, best_val = 0, math.inf
     if saved:
@@ -177,12 +173,11 @@ def train(argv, lock):
         start, best_val = info["iter"], info["best_val_loss"]
         rng = checkpoint.restore_random_state(checkpoint.random_state_of(info), config)
         print(f"resuming from iteration {start} (best val loss {best_val:.4f})")
-    metrics = report.Metrics(out_dir, truncate_after=start if saved else None)
-    overfit = data.get_batch(dataset.train, config.block_size,
-                             config.batch_size * config.gradient_accumulation_steps,
-                             np.random.default_rng(config.seed)) if config.overfit_batch else None
-
-    if config.parallel == "on" or (config.parallel == "auto" and nn.parallel.worth_it(model)):
+    metrics = report.Metrics(out_dir, truncate_after=start if saved else None) \
+        if world.is_root else ranks.NoMetrics()
+    overfit = ranks.overfit_batch(dataset, config, world) if config.overfit_batch else None
+    if config.parallel == "on" or (config.parallel == "auto" and world.local_size == 1
+                                   and nn.parallel.worth_it(model)):
         forward_backward = nn.DataParallel(model).forward_backward   # decided once, here
         print(f"parallel: each batch's two halves at once on two CPU cores (--parallel "
               f"{config.parallel}; off: --parallel off)")
@@ -192,28 +187,30 @@ def train(argv, lock):
     def save(it, evaluated=True):
         if not all(bool(p.xp.isfinite(p.data).all()) for p in model.parameters()):
             raise_nan(it, "non-finite weights", out_dir, bar)
-        run_guard.save(out_dir, model, optimizer, {      # a full disk: stop, the last kept
-            "iter": it, "evaluated": evaluated, "best_val_loss": best_val,
+        state = optimizer.gathered() if config.zero else optimizer   # ZeRO: on every rank
+        ranks.on_root(world, lambda: run_guard.save(out_dir, model, state, {  # a full disk:
+            "iter": it, "world_size": world.size, "evaluated": evaluated, "best_val_loss": best_val,
             "train_config": asdict(config), "model_config": model.config.to_dict(),
             "model": config.model, "tokenizer": config.tokenizer,
             "random_state": checkpoint.random_state(rng, config.device), "lora": lora,
-            **({"base": base_record} if base_record else {})}, "iteration", bar.close)
+            **({"base": base_record} if base_record else {})}, "iteration", bar.close))
 
-    tokens_per_step = config.batch_size * config.block_size * config.gradient_accumulation_steps
+    tokens_per_step = (config.batch_size * config.block_size
+                       * config.gradient_accumulation_steps * world.size)
     interrupt, t_start, it = Interrupt(out_dir), time.perf_counter(), start
     bar = tqdm(total=config.max_iters, initial=start, desc="training", unit="it",
-               dynamic_ncols=True)
+               dynamic_ncols=True, disable=not world.is_root)
     try:
         for it in range(start, config.max_iters + 1):
             if (it % config.eval_interval == 0 or it == config.max_iters) and \
                     not (saved and it == start and saved["evaluated"]):
-                losses = evaluate(model, dataset, config, it)
+                losses = evaluate(model, dataset, config, it, world)
                 if not all(map(math.isfinite, losses.values())):
                     raise_nan(it, losses["val"], out_dir, bar)
                 metrics.write(iter=it, train_loss=losses["train"], val_loss=losses["val"])
                 bar.write(f"iter {it}: train loss {losses['train']:.4f}, "
                           f"val loss {losses['val']:.4f}")
-                if config.sample_tokens:
+                if config.sample_tokens and world.is_root:
                     text = sample_text(model, tok, config, it)
                     bar.write("---\n" + text + "\n---")
                     with open(out_dir / "samples.txt", "a", encoding="utf-8") as f:
@@ -227,10 +224,10 @@ def train(argv, lock):
             lr = nn.get_lr(it, config.learning_rate, config.warmup_iters, config.lr_decay_iters,
                            config.min_lr) if config.decay_lr else config.learning_rate
             t0 = time.perf_counter()
-            x, y = overfit if overfit is not None else data.get_batch(
-                dataset.train, config.block_size,
-                config.batch_size * config.gradient_accumulation_steps, rng)   # (k*B, T)
-            loss = step(model, optimizer, forward_backward, x, y, lr, config)
+            x, y = overfit if overfit is not None else ranks.train_batch(
+                dataset, config, world, it, rng)                              # (k*B, T)
+            loss, stop = ranks.step(model, optimizer, forward_backward, x, y, lr, config, sync,
+                                    sync is not None and interrupt.requested)
             dt = time.perf_counter() - t0
             if not math.isfinite(loss):
                 raise_nan(it, loss, out_dir, bar)
@@ -240,17 +237,18 @@ def train(argv, lock):
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", ms=f"{dt * 1e3:.0f}",
                             tok_s=f"{tokens_per_step / dt:,.0f}")
             bar.update(1)
-            if interrupt.requested:           # Ctrl-C or SIGTERM: one checkpoint, then stop
+            if stop if sync is not None else interrupt.requested:   # Ctrl-C, SIGTERM: save
                 save(it + 1, evaluated=False)
                 bar.close()
-                return interrupt.stopped(it + 1, out_dir)
+                return interrupt.stopped(it + 1, out_dir, elsewhere=world.size > 1
+                                         and interrupt.signum is None)
     finally:
         interrupt.restore()
         bar.close()
     wall = time.perf_counter() - t_start
-    if report.plot_losses(metrics, out_dir / "loss.png"):
+    if world.is_root and report.plot_losses(metrics, out_dir / "loss.png"):
         print(f"loss curve: {out_dir / 'loss.png'}")
-    if config.export_hf:
+    if config.export_hf and world.is_root:
         if lora:
             nn.merge_lora(model)          # the adapters folded into their weights
         model.save_pretrained(config.export_hf)
@@ -264,27 +262,8 @@ def train(argv, lock):
 
 
 def step(model, optimizer, forward_backward, x, y, lr, config):
-    """One optimizer step on the batch x, y (k*B, T), as k = gradient_accumulation_steps
-    micro-batches whose gradients add up; returns the mean loss (not finite: no step).
-
-    forward_backward(x, y, scale) runs forward and backward of scale * loss on one
-    micro-batch and returns its loss: nn.forward_backward, or nn.DataParallel's (the same
-    sums, each micro-batch's two halves at once)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    k = config.gradient_accumulation_steps
-    optimizer.zero_grad()
-    loss = 0.0
-    for xm, ym in zip(np.split(x, k), np.split(y, k)):                  # (B, T) each
-        loss += forward_backward(xm, ym, 1.0 / k) / k     # gradients add up over the k
-    if not math.isfinite(loss):
-        return loss
-    if config.grad_clip:
-        norm = nn.clip_grad_norm(model.parameters(), config.grad_clip)
-        if not math.isfinite(norm):
-            return norm
-    optimizer.step()
-    return loss
+    """One process's optimizer step on x, y (k*B, T): ranks.step without ranks; the loss."""
+    return ranks.step(model, optimizer, forward_backward, x, y, lr, config)[0]
 
 
 def raise_nan(it, loss, out_dir, bar):
