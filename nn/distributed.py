@@ -26,7 +26,6 @@ import json
 import os
 
 import numpy as np
-
 from tensor import backend
 
 # Where each launcher says how many ranks there are and which one this is; the size is

@@ -82,7 +82,9 @@ class Optimizer:
         arrays themselves on the CPU: a checkpoint writes them without joining them)."""
         return [backend.to_numpy(self.state_of(p)[name]).reshape(-1) for p in self.params]
 
-    def load_state_dict(self, state):
+    def check_state(self, state):
+        """A ValueError unless state holds "t" and, per state name, one flat array of
+        num_trainable_parameters() values (the layout state_dict() writes)."""
         total = sum(p.size for p in self.params)
         missing = [k for k in ("t",) + self.state_names if k not in state]
         if missing:
@@ -93,6 +95,9 @@ class Optimizer:
                                  f"{tuple(state[name].shape)}, but the parameters need "
                                  f"({total},): a different model, or other "
                                  "parameters frozen?")
+
+    def load_state_dict(self, state):
+        self.check_state(state)
         self.t = int(state["t"])
         start = 0
         for p in self.params:

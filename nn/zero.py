@@ -181,16 +181,7 @@ class ZeroAdamW(Optimizer):
     def load_state_dict(self, state):
         """The full state (nn.AdamW's or a gathered ZeroAdamW's, from any number of ranks),
         passed on every rank: each keeps its own part."""
-        total = sum(p.size for p in self.params)
-        missing = [k for k in ("t",) + self.state_names if k not in state]
-        if missing:
-            raise ValueError(f"optimizer state is missing {', '.join(missing)}")
-        for name in self.state_names:
-            if tuple(state[name].shape) != (total,):
-                raise ValueError(f"optimizer state '{name}' has shape "
-                                 f"{tuple(state[name].shape)}, but the parameters need "
-                                 f"({total},): a different model, or other "
-                                 "parameters frozen?")
+        self.check_state(state)
         self._ready()
         self.t = int(state["t"])
         for name in self.state_names:
