@@ -144,3 +144,23 @@ def test_reducer_and_zero_refuse_bad_input():
     model.parameters()[0].data = model.parameters()[0].data.astype(np.float32)
     with pytest.raises(TypeError, match="mix dtypes"):
         nn.GradientReducer(model.parameters())
+
+
+def test_on_n_ranks_each_rank_draws_its_own_dropout_masks_at_every_step(monkeypatch):
+    """tinygrad_gpt/ranks.py's train_batch seeds dropout from (seed, it, rank) on N ranks:
+    two ranks draw different masks, a step drawn again draws the same ones (resume)."""
+    from types import SimpleNamespace
+
+    from tensor import backend
+    from tinygrad_gpt import ranks, settings
+    monkeypatch.setattr(backend, "_seed", backend._seed)         # put back afterwards
+    monkeypatch.setattr(backend, "_generators", {})
+    dataset = SimpleNamespace(train=np.arange(1000) % 50)
+    config = settings.TrainConfig(batch_stream="per_step", block_size=8, batch_size=2)
+
+    def masks(rank, it):
+        ranks.train_batch(dataset, config, SimpleNamespace(rank=rank, size=2), it, None)
+        return backend.generator("cpu").random(8)
+    assert not np.array_equal(masks(0, 3), masks(1, 3))
+    np.testing.assert_array_equal(masks(1, 3), masks(1, 3))
+    assert not np.array_equal(masks(1, 3), masks(1, 4))

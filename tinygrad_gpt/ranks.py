@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import nn
+from tensor import backend
 
 from . import __version__, data
 from .cli import UserError, one_line, report_user_errors
@@ -187,6 +188,9 @@ def train_batch(dataset, config, world, it, rng):
     k, B, T = config.gradient_accumulation_steps, config.batch_size, config.block_size
     if config.batch_stream == "sequential":
         return data.get_batch(dataset.train, T, B * k, rng)
+    if world.size > 1:         # dropout's masks: this rank's own, drawn from (seed, it, rank)
+        backend.manual_seed(np.random.SeedSequence([config.seed, it, world.rank])
+                            .generate_state(1)[0])
     parts = [data.get_batch(dataset.train, T, B, np.random.default_rng([config.seed, it, j]))
              for j in range(world.rank * k, world.rank * k + k)]
     return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
