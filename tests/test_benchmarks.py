@@ -290,3 +290,23 @@ def test_finetune_bench_splits_our_steps_into_linear_products_and_the_rest(tmp_p
         assert math.isclose(row["gemm_ms"] + row["rest_ms"], row["median_ms"])
     assert summary["ours-lora"]["trainable"] < summary["ours-last_block"]["trainable"] \
         < summary["ours-full"]["trainable"]
+
+
+def test_distributed_bench_runs_every_kind_on_two_ranks(tmp_path):
+    """bench_distributed.py --quick: every kind (one process, accumulation, 2 ranks plain,
+    ZeRO-1 and two bucket sizes) trains and reports its steps and peak RSS."""
+    import shutil
+    pytest.importorskip("mpi4py")
+    if shutil.which("mpiexec") is None:
+        pytest.skip('mpiexec not found (pip install -e ".[mpi]")')
+    out = tmp_path / "dist.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks",
+                                                        "bench_distributed.py"),
+                           "--quick", "--json", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = json.loads(out.read_text())["runs"]
+    assert len(runs) == 6
+    for kind, results in runs.items():
+        assert "error" not in results[0], (kind, results[0])
+        assert len(results[0]["dt_ms"]) == 3 and results[0]["peak_rss_mb"] > 0, kind
