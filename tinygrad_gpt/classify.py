@@ -39,8 +39,8 @@ TRAIN_EVAL_BATCHES = 20      # evaluations score the train split on its first 20
 class ClassifyTask(Task):
     default_epochs = 5
 
-    def __init__(self, config, saved):
-        super().__init__(config, saved)
+    def __init__(self, config, saved, world=None):
+        super().__init__(config, saved, world)
         if saved:
             self.labels = saved["labels"]
         splits = self.read_data()
@@ -77,18 +77,27 @@ class ClassifyTask(Task):
         x, last, y = batch
         return model(x, last, y)[1]
 
+    def count(self, batch):
+        """The counted targets of a batch: its items."""
+        return len(batch[2])
+
     def predictions(self, model, batches, limit=None):
-        """(labels, predicted class ids, mean loss) over batches (in their order)."""
+        """(labels, predicted class ids, mean loss) over batches (in their order); on N ranks
+        the batches are shared out (eval_map) and every rank gets the same result."""
+        def one(batch):
+            x, last, y = batch
+            logits, loss = model(x, last, y)
+            return y, np.asarray(logits.data).argmax(axis=1), float(loss.item()) * len(y)
+
         model.eval()
-        truth, guess, total, n = [], [], 0.0, 0
         with no_grad():
-            for x, last, y in self.eval_batches(batches, limit):
-                logits, loss = model(x, last, y)
-                truth.append(y)
-                guess.append(np.asarray(logits.data).argmax(axis=1))
-                total, n = total + float(loss.item()) * len(y), n + len(y)
+            results = self.eval_map(batches, limit, one)
         model.train()
-        return np.concatenate(truth), np.concatenate(guess), total / max(n, 1)
+        total, n = 0.0, 0
+        for y, _, loss in results:
+            total, n = total + loss, n + len(y)
+        return (np.concatenate([r[0] for r in results]),
+                np.concatenate([r[1] for r in results]), total / max(n, 1))
 
     def evaluate(self, model):
         scores = {}
@@ -103,6 +112,8 @@ class ClassifyTask(Task):
         K = len(self.labels)
         confusion = np.zeros((K, K), dtype=np.int64)       # rows: true label, cols: predicted
         np.add.at(confusion, (truth, guess), 1)
+        if not self.world.is_root:                   # rank 0 alone prints and writes
+            return
         accuracy = float((truth == guess).mean())
         per_class = {str(label): float(confusion[k, k] / max(confusion[k].sum(), 1))
                      for k, label in enumerate(self.labels)}

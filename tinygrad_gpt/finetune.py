@@ -21,8 +21,8 @@ if __name__ == "__main__":     # run as a program: tune this process's OpenBLAS 
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import argparse
+import functools
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -32,8 +32,9 @@ import nn
 import tensor
 from tensor import backend
 
-from . import checkpoint, report, run_guard, tokenizer_io
+from . import checkpoint, ranks, report, run_guard, tokenizer_io
 from .cli import UserError, check_device, check_writable
+from .corpus import sha256
 from .run_guard import Interrupt
 from .settings import convert, parse_bool, unknown_key
 
@@ -152,13 +153,14 @@ def parse(argv):
 
 
 def main(argv=None):
-    return run_guard.run_loop(finetune, sys.argv[1:] if argv is None else argv)
+    world = nn.distributed.world()        # one process: a SingleWorld, no MPI imported
+    return run_guard.run_loop(functools.partial(ranks.run, world, finetune),
+                              sys.argv[1:] if argv is None else argv)
 
 
-def finetune(argv, lock):
+def setup(argv, world):
+    """The settings (and the checkpoint's info on --resume), every check made."""
     config, resume, explicit = parse(argv)
-    from .classify import ClassifyTask
-    from .instruct import InstructTask
     out_dir = Path(config.out_dir)
     run_guard.check_free(out_dir)             # another run there: refused before any work
     saved = checkpoint.read_info(out_dir) if resume else None    # the weights come later
@@ -172,14 +174,35 @@ def finetune(argv, lock):
                             f"differ from the checkpoint in {out_dir}")
         config = FinetuneConfig(**{**stored, **{k: getattr(config, k) for k in explicit}})
     check_device(config.device)
+    if world.size > 1 and config.device != "cpu":
+        raise UserError(f"--device {config.device} on {world.size} ranks needs NCCL, not done "
+                        "yet: use --device cpu under mpiexec (docs/parallel.md)")
     if not saved:
         check_new_run(out_dir)
+    return config, saved
+
+
+def make_task(config, saved, world):
+    from .classify import ClassifyTask
+    from .instruct import InstructTask
     tensor.manual_seed(config.seed)    # the head's and LoRA's initial weights, then dropout
-    task = (ClassifyTask if config.mode == "classify" else InstructTask)(config, saved)
-    out_dir.mkdir(parents=True, exist_ok=True)     # every input checked: now the writes
-    lock.acquire(out_dir)
-    if not saved:
-        tokenizer_io.save(task.tok, out_dir / "tokenizer")
+    return (ClassifyTask if config.mode == "classify" else InstructTask)(config, saved, world)
+
+
+def finetune(argv, lock, world=None):
+    """The run (see the module docstring); on N ranks (ranks.py) each step's batch is shared
+    out by items, the gradients token-weighted averaged, and only rank 0 writes."""
+    world = nn.distributed.SingleWorld() if world is None else world
+    config, saved = ranks.agreed(world, setup, argv, world)    # N ranks: errors agreed
+    out_dir = Path(config.out_dir)
+    task = ranks.agreed(world, make_task, config, saved, world)
+    ranks.start_agreed(world, task.model, asdict(config),       # the --data file's sha256
+                       sha256(config.data) if config.data else "")
+    if world.is_root:
+        out_dir.mkdir(parents=True, exist_ok=True)     # every input checked: now the writes
+        lock.acquire(out_dir)
+        if not saved:
+            tokenizer_io.save(task.tok, out_dir / "tokenizer")
     model = task.model
     params = [p for p in model.parameters() if p.requires_grad]
     n_train, n_all = sum(p.size for p in params), model.num_parameters()
@@ -198,12 +221,14 @@ def finetune(argv, lock):
         start = info["iter"]
         backend.set_random_state(config.device, info["dropout_state"])
         print(f"resuming from step {start}")
-    metrics = report.Metrics(out_dir, truncate_after=start if saved else None)
+    metrics = report.Metrics(out_dir, truncate_after=start if saved else None) \
+        if world.is_root else ranks.NoMetrics()
+    sync = nn.GradientReducer(params, world) if world.size > 1 else None
 
     def save(it):                        # a full disk: stop, the last checkpoint kept
-        run_guard.save(out_dir, model, optimizer, {
+        ranks.on_root(world, lambda: run_guard.save(out_dir, model, optimizer, {
             "iter": it, "evaluated": True, "finetune_config": asdict(config), **task.info(),
-            "dropout_state": backend.random_state(config.device)}, "step")
+            "dropout_state": backend.random_state(config.device)}, "step"))
 
     if start == 0:                       # where the base starts from, for the curves
         report_scores(0, total, steps_per_epoch, task.evaluate(model), metrics)
@@ -212,9 +237,12 @@ def finetune(argv, lock):
         for it in range(start, total):
             batch = task.batch(it)             # epoch it // steps_per_epoch, shuffled by seed
             optimizer.zero_grad()
-            loss = task.loss(model, batch)
-            loss.backward()
-            value = float(loss.item())
+            if sync is None:
+                value = backward(task, model, batch)
+            else:                   # this rank's items; the average weighted by their targets
+                part, count = task.share(batch)
+                value = backward(task, model, part) if count else 0.0
+                value, _, stop = sync.reduce(value, count=count, stop=interrupt.requested)
             if not math.isfinite(value):
                 raise_nan(it, value, out_dir)
             if config.grad_clip:
@@ -224,18 +252,26 @@ def finetune(argv, lock):
             if (it + 1) % interval == 0 or it + 1 == total:
                 report_scores(it + 1, total, steps_per_epoch, task.evaluate(model), metrics)
                 save(it + 1)
-            if interrupt.requested:           # Ctrl-C or SIGTERM: one checkpoint, then stop
+            if stop if sync is not None else interrupt.requested:  # Ctrl-C, SIGTERM: save
                 if (it + 1) % interval and it + 1 != total:      # (unless just saved)
                     save(it + 1)
-                return interrupt.stopped(it + 1, out_dir)
+                return interrupt.stopped(it + 1, out_dir, elsewhere=world.size > 1
+                                         and interrupt.signum is None)
     finally:
         interrupt.restore()
     print(f"fine-tuned {total - start} steps in {time.perf_counter() - t0:.1f} s")
-    task.finish(model, metrics)
-    if config.export_hf:
+    task.finish(model, metrics)                   # the test split shared out; rank 0 writes
+    if config.export_hf and world.is_root:
         task.export_hf(model, Path(config.export_hf))
         print(f"exported a merged Hugging Face GPT-2 folder to {config.export_hf}")
     return 0
+
+
+def backward(task, model, batch):
+    """Forward and backward of the task's loss on batch; the loss."""
+    loss = task.loss(model, batch)
+    loss.backward()
+    return float(loss.item())
 
 
 def report_scores(it, total, steps_per_epoch, scores, metrics):

@@ -59,8 +59,9 @@ class Task:
 
     default_epochs = 3
 
-    def __init__(self, config, saved):
+    def __init__(self, config, saved, world=None):
         self.config = config
+        self.world = nn.distributed.SingleWorld() if world is None else world
         out_dir = Path(config.out_dir)
         if saved:                                   # --resume: all from the run folder
             info = saved
@@ -115,6 +116,25 @@ class Task:
         order = self.train_batches.order(epoch)
         size = self.train_batches.batch_size
         return self.train_batches.collate(order[k * size:(k + 1) * size])
+
+    def share(self, batch):
+        """This rank's part of a step's batch: items r, r + N, ... (N ranks), and its number
+        of counted targets (self.count); all ranks' parts together are the whole batch."""
+        n, r = self.world.size, self.world.rank
+        part = tuple(a[r::n] for a in batch)
+        return part, self.count(part)
+
+    def eval_map(self, batches, limit, fn):
+        """[fn(batch) for every evaluation batch (eval_batches), in order]. On N ranks rank r
+        computes the batches i = r mod N and the results are gathered: every rank gets the
+        one process's list, so sums over it are the one process's numbers."""
+        world = self.world
+        mine = [(i, fn(batch)) for i, batch in enumerate(self.eval_batches(batches, limit))
+                if i % world.size == world.rank]
+        if world.size > 1:
+            mine = sorted((pair for part in world.allgather(mine) for pair in part),
+                          key=lambda pair: pair[0])
+        return [result for _, result in mine]
 
     def eval_batches(self, batches, limit=None):
         """Every batch of `batches` in item order, or, with limit, `limit` batches of a fixed

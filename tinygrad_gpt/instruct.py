@@ -26,8 +26,8 @@ TRAIN_EVAL_BATCHES = 20
 class InstructTask(Task):
     default_epochs = 2
 
-    def __init__(self, config, saved):
-        super().__init__(config, saved)
+    def __init__(self, config, saved, world=None):
+        super().__init__(config, saved, world)
         self.check_template()
         source = config.data or "the Shakespeare instruction task"
         if config.data:
@@ -50,7 +50,8 @@ class InstructTask(Task):
               + (f", {dropped} dropped (no response token left)" if dropped else ""))
         self.model = self.body
         # responses.md compares with the model as it is now, before fine-tuning
-        self.base_answers = None if saved or not config.responses else self.answers(self.body)
+        self.base_answers = None if saved or not config.responses or not self.world.is_root \
+            else self.answers(self.body)
         self.set_trainable(self.model, [])
 
     def check_template(self):
@@ -72,14 +73,23 @@ class InstructTask(Task):
         x, y = batch
         return model(x, y)[1]
 
+    def count(self, batch):
+        """The counted targets of a batch: those that are not -100."""
+        return int((batch[1] != finetune_data.IGNORE_INDEX).sum())
+
     def mean_loss(self, model, batches, limit=None):
+        """The mean over counted targets; on N ranks the batches are shared out (eval_map)."""
+        def one(batch):
+            counted = self.count(batch)
+            return float(model(*batch)[1].item()) * counted, counted
+
         model.eval()
-        total, n = 0.0, 0
         with no_grad():
-            for x, y in self.eval_batches(batches, limit):
-                counted = int((y != finetune_data.IGNORE_INDEX).sum())
-                total, n = total + float(model(x, y)[1].item()) * counted, n + counted
+            results = self.eval_map(batches, limit, one)
         model.train()
+        total, n = 0.0, 0
+        for loss, counted in results:
+            total, n = total + loss, n + counted
         return total / max(n, 1)
 
     def evaluate(self, model):
@@ -98,7 +108,7 @@ class InstructTask(Task):
         return out
 
     def finish(self, model, metrics):
-        if not self.config.responses:
+        if not self.config.responses or not self.world.is_root:   # rank 0 alone writes
             return
         tuned = self.answers(self.merged_body())
         base = self.base_answers or ["(not kept: this run was resumed)"] * len(tuned)

@@ -145,10 +145,17 @@ def start(world, model, config, dataset):
     rank raises agreed_error naming what differs. One rank: nothing."""
     if world.size == 1:
         return
-    world.broadcast_parameters(model.parameters())
     from dataclasses import asdict
-    for what, value in (("settings", asdict(config)),
-                        ("data", dataset.meta.get("source_sha256", "")),
+    start_agreed(world, model, asdict(config), dataset.meta.get("source_sha256", ""))
+
+
+def start_agreed(world, model, settings, data_digest):
+    """start()'s work for any command (train, finetune): every rank <- rank 0's weights,
+    then agreement on the settings dict, the data's digest and the code version."""
+    if world.size == 1:
+        return
+    world.broadcast_parameters(model.parameters())
+    for what, value in (("settings", settings), ("data", data_digest),
                         ("code version", code_version())):
         try:
             world.check_agree(what, value)
