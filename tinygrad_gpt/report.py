@@ -3,6 +3,8 @@ while it runs, loss.png and a summary at the end."""
 import json
 from pathlib import Path
 
+import nn
+
 from . import memory
 
 
@@ -11,7 +13,6 @@ def check_memory(config, model_config, quiet=True, world=None):
     settings (a TrainConfig) and the model's shape (a GPTConfig), does not fit; print the
     estimate unless quiet. world: the ranks (nn.distributed; None: one process); the
     estimate is per rank, which holds the ranks of its machine only once each."""
-    import nn                                  # here: the tokenizer CLI imports this module
     n_ranks, local = (1, 1) if world is None else (world.size, world.local_size)
     parallel = config.parallel == "on" or (config.parallel == "auto" and config.device == "cpu"
                                            and local == 1 and model_config.num_parameters()
