@@ -11,7 +11,8 @@ What it does not do: higher-order gradients (a backward pass is not itself recor
 in-place ops on tensors that are part of a graph.
 """
 from . import backend
-from .graph import check_forward, check_grads, topological_order
+from .graph import (accumulate_grad, check_forward, check_grads, is_fresh, leaves_done_after,
+                    topological_order)
 
 _grad_enabled = True   # switched off inside `with no_grad():`
 _anomaly_mode = False  # switched on inside `with detect_anomaly():`
@@ -162,12 +163,15 @@ class Tensor:
         self.grad = None
 
     # ----- reverse mode -----------------------------------------------------------------
-    def backward(self, grad=None, retain_graph=False):
+    def backward(self, grad=None, retain_graph=False, leaf_done=None):
         """Compute d(self)/d(leaf) for every leaf with requires_grad, into leaf.grad.
 
         Gradients accumulate: calling backward twice without zeroing .grad adds the second
         gradient to the first (as in PyTorch), which is what gradient accumulation over
         micro-batches relies on. The graph is freed afterwards unless retain_graph=True.
+        leaf_done(leaf), when given, is called for each such leaf as soon as its .grad is
+        final, while backward goes on with the rest (nn.GradientReducer starts sending the
+        last layers' gradients to the other ranks then, as PyTorch DDP's hooks do).
         """
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad: no input "
@@ -183,27 +187,15 @@ class Tensor:
             if grad.shape != self.shape:
                 raise ValueError(f"backward(): gradient of shape {grad.shape} does not match "
                                  f"the tensor's shape {self.shape}")
+        order = topological_order(self)[::-1]       # the output first, the leaves last
+        done_after = leaves_done_after(order) if leaf_done is not None else {}
         grads = {id(self): grad}   # id(tensor) -> gradient summed over every path so far
-        for node in reversed(topological_order(self)):
+        for i, node in enumerate(order):
             dy = grads.pop(id(node), None)
-            if dy is None:
-                continue
-            if node._backward is None:           # backward() called on a leaf itself
-                accumulate_grad(node, dy, fresh=False)
-                continue
-            input_grads = node._backward(dy)     # one gradient (or None) per parent
-            if _anomaly_mode:
-                check_grads(node, input_grads)
-            for parent, dparent in zip(node._parents, input_grads):
-                if dparent is None or not parent.requires_grad:
-                    continue
-                if parent._backward is None:     # a leaf (a parameter): add into its .grad
-                    accumulate_grad(parent, dparent, fresh=is_fresh(dparent, dy, input_grads))
-                    continue
-                key = id(parent)
-                grads[key] = dparent if key not in grads else grads[key] + dparent
-            if not retain_graph:
-                node._parents, node._backward = (), _freed_graph
+            if dy is not None:
+                visit(node, dy, grads, retain_graph)
+            for leaf in done_after.get(i, ()):      # no later node reaches these leaves:
+                leaf_done(leaf)                     # their .grad is final for this backward
 
     # ----- operators and methods: each delegates to the op that holds its math ----------
     def __add__(self, other): return elementwise.add(self, other)
@@ -250,32 +242,25 @@ class Tensor:
     def stack(tensors, axis=0): return movement.stack(tensors, axis)
 
 
-def accumulate_grad(leaf, g, fresh):
-    """leaf.grad += g: the only place a gradient is written into a tensor.
-
-    The first gradient becomes .grad as it is when it is `fresh` (a new array that nothing
-    else holds, see is_fresh), else a copy of it, so .grad never aliases another array.
-    g may also be a gradient kept sparse, as its rows (tensor/fast/embedding.py's
-    RowGradient): it adds itself into .grad in place, or is made dense if it comes first."""
-    if hasattr(g, "add_into"):
-        if leaf.grad is None:
-            leaf.grad = g.dense().astype(leaf.dtype, copy=False)
-        else:
-            g.add_into(leaf.grad)
-    elif leaf.grad is not None:
-        leaf.grad += g
-    elif fresh and g.dtype == leaf.dtype and g.shape == leaf.shape:
-        leaf.grad = g
-    else:
-        leaf.grad = leaf.xp.array(g, dtype=leaf.dtype, copy=True)
-
-
-def is_fresh(g, dy, input_grads):
-    """True when a backward made g itself: not the incoming dy passed on, not a view of
-    another array, and not also given to another parent (add gives dy to both). A backward
-    returns new arrays or dy (and its views); it never returns an array it keeps."""
-    return (g is not dy and getattr(g, "base", g) is None
-            and sum(other is g for other in input_grads) == 1)
+def visit(node, dy, grads, retain_graph):
+    """One step of backward: dy = d(output)/d(node) in, the node's backward called, each
+    parent's gradient added into grads (an op's output) or into .grad (a leaf)."""
+    if node._backward is None:               # backward() called on a leaf itself
+        accumulate_grad(node, dy, fresh=False)
+        return
+    input_grads = node._backward(dy)         # one gradient (or None) per parent
+    if _anomaly_mode:
+        check_grads(node, input_grads)
+    for parent, dparent in zip(node._parents, input_grads):
+        if dparent is None or not parent.requires_grad:
+            continue
+        if parent._backward is None:         # a leaf (a parameter): add into its .grad
+            accumulate_grad(parent, dparent, fresh=is_fresh(dparent, dy, input_grads))
+            continue
+        key = id(parent)
+        grads[key] = dparent if key not in grads else grads[key] + dparent
+    if not retain_graph:
+        node._parents, node._backward = (), _freed_graph
 
 
 def make(data, parents, op, backward):
