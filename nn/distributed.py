@@ -2,7 +2,7 @@
 
 `mpiexec -n N python ...` starts N copies of a program, its ranks 0..N-1. world() tells
 each copy which one it is and talks to the others through MPI (mpi4py). It reads the
-launcher's environment variables first (LAUNCHERS): with no launcher, or a launch of one
+launcher's environment variables first (nn/launch.py): with no launcher, or a launch of one
 rank, it returns a SingleWorld (rank 0 of 1, every collective an identity) and mpi4py is
 never imported, so a plain `python -m tinygrad_gpt.train` is exactly what it was.
 
@@ -19,7 +19,8 @@ initial weights to everyone), check_agree (settings, data, code version the same
 rank, else one error naming the ranks that differ). nn/reducer.py averages gradients with
 them, nn/zero.py shards AdamW's moments (ZeRO-1); docs/parallel.md has the math.
 
-Not done yet: NCCL (CuPy) for GPUs, so across ranks the arrays must be on the CPU.
+GPUs: world(device="cuda") is nn/nccl.py's NcclWorld across ranks (CuPy arrays through
+NCCL, the rest through MPI); nn/nccl.py is imported only then.
 """
 import hashlib
 import json
@@ -28,62 +29,26 @@ import os
 import numpy as np
 from tensor import backend
 
-# Where each launcher says how many ranks there are and which one this is; the size is
-# unknown (None) under a bare PMIx launcher (Slurm's srun --mpi=pmix): MPI is asked then.
-LAUNCHERS = (  # (launcher, size variable, rank variable, local-rank variable)
-    ("Open MPI", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"),
-    ("MPICH/Hydra", "PMI_SIZE", "PMI_RANK", "MPI_LOCALRANKID"),
-    ("MVAPICH2", "MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_LOCAL_RANK"),
-    ("PMIx", None, "PMIX_RANK", None),
-)
-INSTALL = 'pip install -e ".[mpi]"'
-
-
-class Launch:
-    """What the launcher's environment says: launcher name, size (None: ask MPI), rank,
-    local_rank (None when it does not say)."""
-
-    def __init__(self, launcher, size, rank, local_rank):
-        self.launcher, self.size, self.rank, self.local_rank = launcher, size, rank, local_rank
-
-    def __repr__(self):
-        return (f"Launch({self.launcher!r}, size={self.size}, rank={self.rank}, "
-                f"local_rank={self.local_rank})")
-
-
-def launch_info(environ=None):
-    """The Launch the environment describes (first launcher of LAUNCHERS found), or None
-    when no MPI launcher started this process. Reads variables only; imports nothing."""
-    environ = os.environ if environ is None else environ
-
-    def number(name):
-        if name is None or name not in environ:
-            return None
-        try:
-            return int(environ[name])
-        except ValueError:
-            raise ValueError(f"{name}={environ[name]!r} is not a whole number: the MPI "
-                             "launcher's environment is broken; start with mpiexec") from None
-    for launcher, size_var, rank_var, local_var in LAUNCHERS:
-        if rank_var in environ:
-            size, rank = number(size_var), number(rank_var)
-            if rank < 0 or (size is not None and not 0 <= rank < size):
-                raise ValueError(f"{rank_var}={rank} does not fit {size_var}={size}: the MPI "
-                                 "launcher's environment is broken; start with mpiexec")
-            return Launch(launcher, size, rank, number(local_var))
-    return None
-
+from .launch import INSTALL, Launch, launch_info  # noqa: F401 (nn.distributed.Launch ...)
 
 _world = None
+_gpu_world = None
 
 
-def world():
+def world(device="cpu"):
     """This process's World, made once: a SingleWorld unless a launcher started more than
-    one rank (then an MPIWorld over MPI.COMM_WORLD; mpi4py imported here, and only then)."""
-    global _world
+    one rank (then an MPIWorld over MPI.COMM_WORLD; mpi4py imported here, and only then).
+    device "cuda": this rank's GPU made current and, across ranks, the MPI world wrapped in
+    an NcclWorld (nn/nccl.py's gpu_world; CuPy and NCCL imported then, and only then)."""
+    global _world, _gpu_world
     if _world is None:
         _world = connect(launch_info())
-    return _world
+    if backend.check_device(device) == "cpu":
+        return _world
+    if _gpu_world is None:
+        from .nccl import gpu_world
+        _gpu_world = gpu_world(_world)
+    return _gpu_world
 
 
 def connect(launch):
@@ -111,6 +76,7 @@ class World:
     Subclasses supply the primitives; everything every rank must call is marked
     "collective": every rank calls it, in the same order, or the job waits forever."""
     rank, size, local_rank, local_size = 0, 1, 0, 1
+    gpu = False          # True when the array collectives take CuPy arrays (nn/nccl.py)
 
     @property
     def is_root(self):
@@ -188,15 +154,22 @@ class _Done:
     def wait(self):
         pass
 
+    def test(self):
+        return True
+
 
 class _Pending:
-    """An MPI request under way; wait() returns once it has finished."""
+    """An MPI request under way; wait() returns once it has finished, test() lets MPI move
+    it on and says whether it has."""
 
     def __init__(self, request):
         self.request = request
 
     def wait(self):
         self.request.Wait()
+
+    def test(self):
+        return self.request.Test()
 
 
 class SingleWorld(World):
@@ -293,7 +266,7 @@ def _host(a):
     """a itself, checked to be what MPI can read and write in place."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"MPI collectives take NumPy arrays, got {type(a).__name__}: arrays on "
-                        "a GPU need NCCL, not done yet (docs/parallel.md); use device 'cpu'")
+                        "a GPU need an NCCL world, nn.distributed.world(device='cuda')")
     if not a.flags.c_contiguous:
         raise ValueError(f"MPI collectives need C-contiguous arrays, got one of shape {a.shape}"
                          f" with strides {a.strides}: pass np.ascontiguousarray(a)")

@@ -26,6 +26,10 @@ the volume of one allreduce.
 state_dict() gathers the shards on rank 0 in nn.AdamW.state_dict()'s layout, so the two
 optimizers' checkpoints are the same files; load_state_dict takes that full state on any
 number of ranks (every rank passes it whole and keeps its part): N ranks resume on M.
+
+On GPUs (world: nn/nccl.py's NcclWorld) m, v, the shard and the flat buffer are CuPy
+arrays and the reduce-scatter and all-gather run through NCCL; only gathered() (a
+checkpoint) copies the moments to the host, to gather them through MPI.
 """
 import math
 

@@ -210,3 +210,58 @@ def test_fast_embedding_equals_the_reference_on_cuda(V):
         loss.backward()
         grads.append(to_numpy(w.grad))
     np.testing.assert_allclose(grads[1], grads[0], **FLOAT32)
+
+
+# ----- NCCL: a one-rank communicator (nn/nccl.py) ------------------------------------------
+def nccl_world():
+    """An NcclWorld of one rank over a SingleWorld: a real NcclCommunicator(1, id, 0)."""
+    from nn import distributed, nccl
+    try:
+        return nccl.NcclWorld(nccl.gpu_world(distributed.SingleWorld()))
+    except RuntimeError as e:                      # CuPy without its NCCL library
+        pytest.skip(f"no NCCL: {e}")
+
+
+@requires_gpu
+def test_one_rank_nccl_collectives_on_cupy_arrays():
+    import cupy
+    world = nccl_world()
+    a = cupy.arange(6, dtype=cupy.float32)
+    assert world.allreduce_(a) is a
+    world.iallreduce_(a).wait()
+    world.broadcast_(a, root=0)
+    np.testing.assert_array_equal(a.get(), np.arange(6, dtype=np.float32))
+    recv = cupy.full(6, -1.0)
+    world.reduce_scatter(cupy.arange(6.0), recv, [6])
+    np.testing.assert_array_equal(recv.get(), np.arange(6.0))
+    g = cupy.arange(5, dtype=cupy.float32)
+    world.allgather_(g, [5])
+    np.testing.assert_array_equal(g.get(), np.arange(5, dtype=np.float32))
+    np.testing.assert_array_equal(world.gather(g, [5]).get(), np.arange(5))
+    assert world.comm.size() == 1 and world.comm.device_id() == 0
+
+
+@requires_gpu
+@pytest.mark.parametrize("zero", [False, True], ids=["GradientReducer", "ZeroAdamW"])
+def test_a_step_on_cuda_through_nccl_equals_the_single_world_one(zero):
+    """GradientReducer + nn.AdamW, or ZeroAdamW, on device cuda: one step through a one-rank
+    NCCL world gives the SingleWorld's weights (ZeroAdamW's reduce-scatter and all-gather
+    really run through NCCL on one rank)."""
+    import distributed_worker as worker
+    import nn
+    weights = []
+    for world in (nn.distributed.SingleWorld(), nccl_world()):
+        model = worker.tiny_gpt(dtype=np.float32)
+        model.to("cuda")
+        opt = worker.optimizer(model, zero, world)
+        reducer = opt if zero else nn.GradientReducer(model.parameters(), world)
+        for it in range(2):
+            opt.zero_grad()
+            _, loss = model(*worker.micro_batch(it, 0))
+            loss.backward()
+            reducer.reduce(float(loss.item()))
+            reducer.clip_grad_norm(0.05)
+            opt.step()
+        weights.append([to_numpy(p.data) for p in model.parameters()])
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
