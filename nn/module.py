@@ -249,10 +249,11 @@ def close_names(name, params):
             + (", ".join(top) if top else "(this module has no parameters)"))
 
 
-def forward_backward(model, x, y, scale=1.0):
+def forward_backward(model, x, y, scale=1.0, leaf_done=None):
     """Forward and backward of scale * loss for one batch, `_, loss = model(x, y)`; returns
     the loss as a float. The unit of work of a training step (tinygrad_gpt/train.py);
-    nn.DataParallel.forward_backward computes the same on two halves at once."""
+    nn.DataParallel.forward_backward computes the same on two halves at once. leaf_done:
+    Tensor.backward's (nn.GradientReducer.start's, on N ranks)."""
     _, loss = model(x, y)
-    (loss * scale).backward()
+    (loss * scale).backward(leaf_done=leaf_done)
     return float(loss.item())

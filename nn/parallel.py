@@ -78,10 +78,12 @@ class DataParallel:
         for p, t in self.pairs:
             t.data, t.grad = p.data, None
 
-    def forward_backward(self, x, y, scale=1.0):
+    def forward_backward(self, x, y, scale=1.0, leaf_done=None):
         """Forward and backward of `scale * loss_fn(model, x, y)` on the whole batch (rows of
         x and y), as two halves at once; gradients are added into the model's .grad (as
-        backward() does). Returns the batch's loss as a float (unscaled)."""
+        backward() does). Returns the batch's loss as a float (unscaled). leaf_done is not
+        called: the twin's gradients are added only after both halves' backward, so a
+        GradientReducer starts every bucket in reduce()."""
         rows, half = len(x), len(x) // 2
 
         def run(module, lo, hi, stream):

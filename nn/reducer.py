@@ -23,9 +23,12 @@ everywhere: clip_grad_norm's global norm is the norm of the averaged gradient.
 
 Speed: the gradients travel in buckets of about bucket_mb MB (PyTorch DDP's 25 by default),
 each packed into one contiguous buffer, in reverse parameter order (the order in which
-backward finishes them) and the same on every rank; all buckets are started at once
-(non-blocking Iallreduce), then waited for. Not done yet: starting a bucket while backward
-is still running (the engine has no per-parameter hook).
+backward finishes them) and the same on every rank, with non-blocking Iallreduce. With
+start() before the last backward, a bucket is started as soon as backward has finished
+its gradients (Tensor.backward's leaf_done), while backward computes the earlier layers',
+as PyTorch DDP overlaps; without it, reduce() starts them all at once, then waits. On a
+GPU the buffers are CuPy arrays and travel through NCCL (nn/nccl.py), packed and averaged
+on the GPU.
 """
 import math
 from collections import namedtuple
@@ -72,14 +75,20 @@ def trainable(params):
 
 
 def check_params(params, world, who):
-    """The one dtype of the parameters; across ranks, they must be on the CPU."""
+    """The one dtype of the parameters, all on one device; across ranks on a GPU the world
+    must move GPU arrays (world.gpu: nn/nccl.py's NcclWorld)."""
     dtypes = sorted({str(p.dtype) for p in params})
     if len(dtypes) > 1:
         raise TypeError(f"{who}: the parameters mix dtypes ({', '.join(dtypes)}); give them "
                         "one dtype (all float32 or all float64)")
-    if world.size > 1 and any(p.device != "cpu" for p in params):
-        raise RuntimeError(f"{who}: parameters on a GPU across ranks need NCCL, not done yet "
-                           "(docs/parallel.md); use device 'cpu' under mpiexec")
+    devices = sorted({p.device for p in params})
+    if len(devices) > 1:
+        raise TypeError(f"{who}: the parameters are on several devices ({', '.join(devices)});"
+                        " move the model to one (model.to(device))")
+    if world.size > 1 and devices != ["cpu"] and not world.gpu:
+        raise RuntimeError(f"{who}: parameters on a GPU across {world.size} ranks need an NCCL "
+                           f"world, got a {type(world).__name__}: pass "
+                           "nn.distributed.world(device='cuda') (nn/nccl.py), or use device 'cpu'")
     return np.dtype(dtypes[0])
 
 
@@ -147,6 +156,7 @@ class GradientReducer:
         plan = plan_buckets([p.size for p in self.params], self.dtype.itemsize, bucket_mb)
         self.buckets = [[self.params[i] for i in bucket] for bucket in plan]
         self.buffers = None          # one per bucket, made at the first reduce across ranks
+        self._started = None         # (weight, requests of buckets 0..) between start and reduce
 
     def reduce(self, loss=0.0, count=None, stop=False):
         """Collective: every .grad <- sum_r w_r g_r / sum_r w_r, w_r = count (this rank's
@@ -159,12 +169,19 @@ class GradientReducer:
         if self.world.size == 1:
             summary(stats)                                   # a count of 0 is an error
             return Reduced(float(loss), weight, bool(stop))
-        if self.buffers is None:
-            self.buffers = [np.empty(sum(p.size for p in b), self.dtype) for b in self.buckets]
-        requests = [self.world.iallreduce_(stats)]
-        for bucket, buffer in zip(self.buckets, self.buffers):       # last layers first
-            pack_(buffer, bucket, weight)
-            requests.append(self.world.iallreduce_(buffer))
+        self._make_buffers()
+        if self._started is not None and self._started[0] != weight:
+            raise ValueError(f"reduce(count={count!r}) after start(count) with another count: "
+                             "give both the same count")
+        requests = self._started[1] if self._started is not None else []
+        self._started = None
+        for b in range(len(requests), len(self.buckets)):       # the rest, in bucket order
+            pack_(self.buffers[b], self.buckets[b], weight)
+            requests.append(self.world.iallreduce_(self.buffers[b]))
+        # stats last: every rank starts the same collectives in the same order, however many
+        # buckets backward started. They stay a NumPy array, through MPI even on a GPU:
+        # 3 + (parameters) float64 values, read by the host anyway (the loss is a float)
+        requests.append(self.world.iallreduce_(stats))
         for request in requests:
             request.wait()
         result, reached = summary(stats)
@@ -182,6 +199,44 @@ class GradientReducer:
                 else:
                     p.grad[...] = mean
         return result
+
+    def start(self, count=None):
+        """Before the step's last backward: a leaf_done for Tensor.backward that starts each
+        bucket's allreduce as soon as backward has finished its gradients (the last layers
+        first), while backward goes on with the earlier layers; reduce(loss, count), with the
+        same count, then starts the rest and waits for all. One rank: None (nothing to send).
+        Buckets start in their order (bucket b once 0..b are finished): collectives must
+        start in the same order on every rank, and a rank may finish some later (a bucket
+        that a parameter unreached on that rank holds starts in reduce). While backward
+        runs, each finished leaf lets MPI move the buckets under way (request.test()): MPI
+        progresses a non-blocking collective only inside MPI calls."""
+        if self.world.size == 1:
+            return None
+        weight = check_weight(count)
+        self._make_buffers()
+        started, waiting = [], [len(bucket) for bucket in self.buckets]
+        self._started = (weight, started)
+        bucket_of = {id(p): b for b, bucket in enumerate(self.buckets) for p in bucket}
+
+        def leaf_done(leaf):
+            b = bucket_of.get(id(leaf))
+            if b is None:
+                return                                  # not one of ours (frozen, another model)
+            waiting[b] -= 1
+            while len(started) < len(waiting) and waiting[len(started)] == 0:
+                b = len(started)                        # buckets start in order, on every rank
+                pack_(self.buffers[b], self.buckets[b], weight)
+                started.append(self.world.iallreduce_(self.buffers[b]))
+            for request in started:
+                request.test()
+        return leaf_done
+
+    def _make_buffers(self):
+        """One buffer per bucket, where the gradients are (NumPy, or CuPy on a GPU)."""
+        device = self.params[0].device
+        if self.buffers is None or backend.device_of(self.buffers[0]) != device:
+            xp = backend.get_xp(device)
+            self.buffers = [xp.empty(sum(p.size for p in b), self.dtype) for b in self.buckets]
 
     def clip_grad_norm(self, max_norm):
         """nn.clip_grad_norm of the (reduced) gradients: the same norm on every rank."""

@@ -123,6 +123,35 @@ def case_gradients(world, out):
             out[f"{label}/grad/{name}"] = g.copy()
 
 
+def case_overlap(world, out):
+    """The same reduce with buckets started during backward (GradientReducer.start) and
+    without: the same bits, and no hang when ranks start different numbers of buckets early
+    (a rank that runs no backward at all; a parameter reached on some ranks only)."""
+    for label, masked in (("ovl_mean", False), ("ovl_holes", True)):
+        for mode in ("plain", "overlap"):
+            model = tiny_gpt()
+            extra = tensor.Tensor(np.linspace(0.5, 1.5, 3), requires_grad=True, dtype="float64")
+            reducer = nn.GradientReducer([extra] + model.parameters(), world, bucket_mb=1e-3)
+            x, y = micro_batch(0, world.rank, masked)
+            count = counted(y) if masked else None
+            idle = label == "ovl_holes" and world.rank == world.size - 1
+            count = 0 if idle else count
+            hook = reducer.start(count) if mode == "overlap" else None
+            loss = float("nan")
+            if not idle:
+                _, loss = model(x, y)
+                if label == "ovl_holes" and world.rank != 0:        # extra: not on rank 0
+                    loss = loss + (extra * extra).sum() * 0.01
+                loss.backward(leaf_done=hook)
+                loss = loss.item()
+            if mode == "overlap":
+                out[f"{label}/early"] = np.array(len(reducer._started[1]))
+            result = reducer.reduce(loss, count)
+            out[f"{label}/{mode}/loss"] = np.array(result.loss)
+            out[f"{label}/{mode}/grads"] = np.concatenate(
+                [p.grad.reshape(-1) if p.grad is not None else [np.inf] for p in reducer.params])
+
+
 def case_collectives(world, out):
     """ChainerMN's checks, twice: gradients filled with the rank average to the mean rank;
     a broadcast gives rank 0's values; sum and any; stop reaches every rank."""
@@ -227,7 +256,7 @@ def main(out_dir):
     world = nn.distributed.world()
     out, t0 = {"size": np.array(world.size)}, time.perf_counter()
     try:
-        for case in (case_gradients, case_collectives, case_broadcast, case_agree,
+        for case in (case_gradients, case_overlap, case_collectives, case_broadcast, case_agree,
                      case_training, case_float32, case_resume):
             case(world, out)
     except BaseException:

@@ -125,6 +125,22 @@ def test_missing_gradients_count_as_zeros(ranks):
 
 
 @needs_mpi
+@pytest.mark.parametrize("label", ["ovl_mean", "ovl_holes"])
+def test_buckets_started_during_backward_give_the_same_bits(ranks, label):
+    """GradientReducer.start's leaf_done (buckets sent while backward runs) against reduce
+    alone: equal gradients and loss on every rank, with buckets really started early on the
+    ranks that ran a backward (ovl_holes: the last rank runs none, rank 0 never reaches one
+    parameter: the ranks start different numbers of buckets early, and nothing hangs)."""
+    for r, result in enumerate(ranks):
+        np.testing.assert_array_equal(result[f"{label}/overlap/grads"],
+                                      result[f"{label}/plain/grads"], err_msg=f"rank {r}")
+        assert result[f"{label}/overlap/loss"] == result[f"{label}/plain/loss"]
+        np.testing.assert_array_equal(result[f"{label}/plain/grads"], ranks[0][f"{label}/plain/grads"])
+        idle = label == "ovl_holes" and r == len(ranks) - 1
+        assert (int(result[f"{label}/early"]) == 0) == idle, f"rank {r}"
+
+
+@needs_mpi
 def test_collectives_as_chainermn_checks_them(ranks):
     n = len(ranks)
     for result in ranks:
