@@ -89,6 +89,11 @@ def test_unknown_key_in_a_toml_config(text_file, tmp_path, capsys):
                   capsys, "max_iter", "did you mean --max_iters")
 
 
+def test_a_folder_as_the_toml_config(text_file, tmp_path, capsys):
+    fails_cleanly(train.main, [f"--data={text_file}", f"--config={tmp_path}"], capsys,
+                  f"--config {tmp_path} cannot be read", "give a TOML file")
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere; permissions not testable")
 def test_unwritable_out_dir(text_file, tmp_path, capsys):
     locked = tmp_path / "locked"

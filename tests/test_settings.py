@@ -99,7 +99,7 @@ TRAIN_DEFAULTS = dict(
     batch_size=12, gradient_accumulation_steps=1, learning_rate=1e-3, max_iters=2000,
     weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0, decay_lr=True, warmup_iters=100,
     lr_decay_iters=2000, min_lr=1e-4, device="cpu", dtype="float32", parallel="auto",
-    seed=1337, batch_stream="sequential", zero=0, bucket_mb=25.0, overfit_batch=False,
+    seed=1337, batch_stream="sequential", zero=0, bucket_mb=25.0, overlap=True, overfit_batch=False,
     lora_rank=0, lora_alpha=16.0, lora_targets="attn,mlp", export_hf="")
 PINNED = {
     "shakespeare-char-cpu": TRAIN_DEFAULTS,

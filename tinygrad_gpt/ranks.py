@@ -15,88 +15,22 @@ code. On N ranks (docs/parallel.md has the math):
   sums the ranks' totals: every number is the same on every rank;
 - only rank 0 prints and writes (the others' stdout and stderr go to os.devnull), and a
   checkpoint it fails to write stops every rank.
+What keeps the ranks together outside the arithmetic (errors agreed, the job run under the
+watchdog, rank 0 alone writing, the start-up agreement, the GPU of each rank) is in
+tinygrad_gpt/agreement.py; its names are importable from here as well (ranks.agreed ...).
 """
-import contextlib
-import hashlib
 import math
-import os
-from pathlib import Path
+import time
 
 import numpy as np
 
 import nn
 from tensor import backend
 
-from . import __version__, data
-from .cli import UserError, one_line, report_user_errors
-
-PACKAGES = ("tensor", "nn", "gpt", "tokenizer", "tinygrad_gpt")   # the code that must agree
-
-
-def agreed_error(message):
-    """A UserError that every rank raises at the same point (so all can exit together)."""
-    error = UserError(message)
-    error.agreed = True
-    return error
-
-
-def agreed(world, fn, *args):
-    """fn(*args) on every rank; when it raises a UserError on any rank, every rank raises
-    agreed_error with the message of the lowest such rank. One rank: fn(*args) itself."""
-    if world.size == 1:
-        return fn(*args)
-    try:
-        result, problem = fn(*args), None
-    except UserError as e:
-        result, problem = None, one_line(e)
-    problems = [p for p in world.allgather(problem) if p is not None]
-    if problems:
-        raise agreed_error(problems[0])
-    return result
-
-
-def run(world, command, argv, lock):
-    """command(argv, lock, world); on N ranks only rank 0 speaks: an agreed error is one line
-    there (report_user_errors: exit 2 on every rank), a UserError on one rank alone is one
-    line on that rank and ends the whole job (MPI_Abort), as no other rank can know of it."""
-    if world.size == 1:
-        return command(argv, lock, world)
-    error = None
-    try:
-        with quiet(not world.is_root):
-            code = command(argv, lock, world)
-    except UserError as e:
-        error = e
-    except SystemExit as e:
-        if e.code not in (None, 0, 1):   # a second Ctrl-C on this rank: the job ends now
-            world.abort(e.code)
-        world.barrier()          # stop() (exit 1) is decided on every rank alike (the losses
-        raise SystemExit(e.code) from None  # and a save's outcome agree): rank 0 said why
-    if error is not None:
-        alone = not getattr(error, "agreed", False)
-        if alone:
-            error = UserError(f"rank {world.rank} of {world.size}: {one_line(error)}")
-        with quiet(not alone and not world.is_root):
-            code = report_user_errors(raise_, error)
-        if alone:
-            world.abort(code)
-    world.barrier()               # rank 0 has said it all before any rank exits
-    return code
-
-
-def raise_(error):
-    raise error
-
-
-@contextlib.contextmanager
-def quiet(silent):
-    """stdout and stderr to os.devnull while silent (a rank other than 0)."""
-    if not silent:
-        yield
-        return
-    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), \
-            contextlib.redirect_stderr(null):
-        yield
+from . import data
+from .agreement import (NoMetrics, agreed, agreed_error, code_version,  # noqa: F401 (ranks.X)
+                        on_root, quiet, run, start_agreed, world_on)
+from .cli import UserError
 
 
 def check_config(config, world, explicit, saved):
@@ -122,22 +56,10 @@ def check_config(config, world, explicit, saved):
             raise UserError(f"{n} ranks need --batch_stream per_step (one stream shared by the "
                             "ranks); a run of sequential batches continues on one process")
         config.batch_stream = "per_step"
-    if config.device != "cpu":
-        raise UserError(f"--device {config.device} on {n} ranks needs NCCL, not done yet: use "
-                        "--device cpu under mpiexec (docs/parallel.md)")
     if config.parallel == "on" and world.local_size > 1:
         raise UserError(f"--parallel on with {world.local_size} ranks on one machine: the ranks "
                         "already share its cores; use --parallel off (or auto)")
     return config
-
-
-def code_version():
-    """tinygrad_gpt's version and a sha256 of every .py file of its packages."""
-    root, digest = Path(__file__).resolve().parent.parent, hashlib.sha256()
-    for package in PACKAGES:
-        for path in sorted((root / package).rglob("*.py")):
-            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return f"{__version__}+{digest.hexdigest()[:16]}"
 
 
 def start(world, model, config, dataset):
@@ -147,20 +69,6 @@ def start(world, model, config, dataset):
         return
     from dataclasses import asdict
     start_agreed(world, model, asdict(config), dataset.meta.get("source_sha256", ""))
-
-
-def start_agreed(world, model, settings, data_digest):
-    """start()'s work for any command (train, finetune): every rank <- rank 0's weights,
-    then agreement on the settings dict, the data's digest and the code version."""
-    if world.size == 1:
-        return
-    world.broadcast_parameters(model.parameters())
-    for what, value in (("settings", settings), ("data", data_digest),
-                        ("code version", code_version())):
-        try:
-            world.check_agree(what, value)
-        except ValueError as e:
-            raise agreed_error(str(e)) from None
 
 
 def apply_lora(model, lora):
@@ -235,51 +143,30 @@ def evaluate(model, dataset, config, it, world=None):
 def step(model, optimizer, forward_backward, x, y, lr, config, sync=None, stop=False):
     """One optimizer step on this rank's batch x, y (k*B, T), k micro-batches whose
     gradients add up, then sync.reduce (the ranks' average; None: one process). Returns
-    (the mean loss over every rank's micro-batches, whether any rank asked to stop); a
-    loss or norm that is not finite is returned without a step. forward_backward(x, y,
-    scale) runs forward and backward of scale * loss on one micro-batch and returns its
+    (the mean loss over every rank's micro-batches, whether any rank asked to stop, the
+    seconds sync.reduce took: what the step waited for the other ranks); a loss or norm
+    that is not finite is returned without a step. forward_backward(x, y, scale,
+    leaf_done) runs forward and backward of scale * loss on one micro-batch and returns its
     loss: nn.forward_backward, or nn.DataParallel's (the same sums, two halves at once)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     k = config.gradient_accumulation_steps
     optimizer.zero_grad()
     loss = 0.0
-    for xm, ym in zip(np.split(x, k), np.split(y, k)):                  # (B, T) each
-        loss += forward_backward(xm, ym, 1.0 / k) / k     # gradients add up over the k
+    for j, (xm, ym) in enumerate(zip(np.split(x, k), np.split(y, k))):  # (B, T) each
+        hook = sync.start() if j == k - 1 and config.overlap and hasattr(sync, "start") \
+            else None                     # the last backward sends buckets as it finishes
+        loss += forward_backward(xm, ym, 1.0 / k, hook) / k   # gradients add up over the k
+    waited = time.perf_counter()
     if sync is not None:                  # before the check: a NaN on one rank stops all
         loss, _, stop = sync.reduce(loss, stop=stop)
+    waited = time.perf_counter() - waited
     if not math.isfinite(loss):
-        return loss, stop
+        return loss, stop, waited
     if config.grad_clip:
         norm = optimizer.clip_grad_norm(config.grad_clip) if config.zero else \
             nn.clip_grad_norm(model.parameters(), config.grad_clip)
         if not math.isfinite(norm):
-            return norm, stop
+            return norm, stop, waited
     optimizer.step()
-    return loss, stop
-
-
-def on_root(world, fn):
-    """fn() on rank 0 only; a SystemExit it raises (a failed save: stop()) ends every rank
-    with the same code."""
-    if world.size == 1:
-        return fn()
-    code = None
-    if world.is_root:
-        try:
-            fn()
-        except SystemExit as e:
-            code = e.code if e.code is not None else 1
-    code = world.broadcast_object(code)
-    if code is not None:
-        raise SystemExit(code)
-
-
-class NoMetrics:
-    """report.Metrics for the ranks that write nothing."""
-
-    def write(self, **record):
-        pass
-
-    def read(self):
-        return []
+    return loss, stop, waited

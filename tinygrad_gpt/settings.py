@@ -76,6 +76,7 @@ class TrainConfig:
     batch_stream: str = "sequential"    # sequential | per_step: batches by (seed, iter, j)
     zero: int = 0                       # 1: ZeRO-1, AdamW's moments sharded over the ranks
     bucket_mb: float = 25.0             # gradients travel between ranks in buckets this big
+    overlap: bool = True                # N ranks: a bucket is sent once backward finishes it
     overfit_batch: bool = False         # train on one fixed batch (loss should reach ~0)
     # LoRA and export (fine-tuning)
     lora_rank: int = 0                  # > 0: train only LoRA adapters of this rank (nn/lora.py)
@@ -279,6 +280,8 @@ def read_toml(path):
             table = tomllib.load(f)
     except FileNotFoundError:
         raise UserError(f"--config file {path} not found") from None
+    except OSError as e:                 # a folder, no permission
+        raise UserError(f"--config {path} cannot be read ({e.strerror}): give a TOML file") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"--config file {path} is not valid TOML: {e}") from None
     for key in table:

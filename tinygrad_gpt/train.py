@@ -43,7 +43,7 @@ from .settings import UserError
 # Settings a resumed run may change; the rest must match the checkpoint.
 RESUMABLE = {"max_iters", "lr_decay_iters", "eval_interval", "log_interval", "eval_iters",
              "sample_tokens", "always_save_checkpoint", "device", "out_dir", "data",
-             "export_hf", "zero", "bucket_mb"}
+             "export_hf", "zero", "bucket_mb", "overlap"}
 
 
 def build_model(config, model_config, base=None):
@@ -123,6 +123,7 @@ def load_data(config, base, out_dir):
 def train(argv, lock, world=None):
     world = nn.distributed.world() if world is None else world
     config, saved, base = ranks.agreed(world, setup, argv, world)   # N ranks: errors agreed
+    world = ranks.world_on(world, config.device)    # cuda: this rank's GPU, NCCL across ranks
     out_dir = Path(config.out_dir)
     dataset = ranks.agreed(world, load_data, config, base, out_dir)
     tok = dataset.tokenizer
@@ -226,14 +227,15 @@ def train(argv, lock, world=None):
             t0 = time.perf_counter()
             x, y = overfit if overfit is not None else ranks.train_batch(
                 dataset, config, world, it, rng)                              # (k*B, T)
-            loss, stop = ranks.step(model, optimizer, forward_backward, x, y, lr, config, sync,
-                                    sync is not None and interrupt.requested)
+            loss, stop, waited = ranks.step(model, optimizer, forward_backward, x, y, lr,
+                                            config, sync, sync is not None and interrupt.requested)
             dt = time.perf_counter() - t0
             if not math.isfinite(loss):
                 raise_nan(it, loss, out_dir, bar)
             if it % config.log_interval == 0:
                 metrics.write(iter=it, loss=loss, lr=lr, dt_ms=dt * 1e3,
-                              tokens_per_s=tokens_per_step / dt)
+                              tokens_per_s=tokens_per_step / dt,
+                              **({"reduce_ms": waited * 1e3} if sync is not None else {}))
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", ms=f"{dt * 1e3:.0f}",
                             tok_s=f"{tokens_per_step / dt:,.0f}")
             bar.update(1)
