@@ -32,7 +32,7 @@ import nn
 import tensor
 from tensor import backend
 
-from . import checkpoint, ranks, report, run_guard, tokenizer_io
+from . import checkpoint, finetune_task, ranks, report, run_guard, tokenizer_io
 from .cli import UserError, check_device, check_writable
 from .corpus import sha256
 from .run_guard import Interrupt
@@ -70,6 +70,7 @@ class FinetuneConfig:
     max_new_tokens: int = 64            # instruct: response length cap in responses.md
     export_hf: str = ""                 # write a merged Hugging Face GPT-2 folder here at the end
     device: str = "cpu"                 # cpu | cuda
+    zero: int = 0                       # 1: ZeRO-1, AdamW's moments sharded over the ranks
     seed: int = 123                     # seeds the split, the head, LoRA, shuffling, dropout
 
     def validate(self):
@@ -93,8 +94,10 @@ class FinetuneConfig:
             raise UserError("--learning_rate and --lora_alpha must be > 0")
         if not 0 <= self.dropout < 1:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.device not in ("cpu", "cuda"):
-            raise UserError(f"--device must be cpu or cuda, got {self.device!r}")
+        for name, allowed in (("device", ("cpu", "cuda")), ("zero", (0, 1))):
+            if getattr(self, name) not in allowed:
+                raise UserError(f"--{name} must be one of {', '.join(map(str, allowed))}, "
+                                f"got {getattr(self, name)!r}")
         if self.seed < 0:
             raise UserError(f"--seed must be >= 0, got {self.seed}")
         if self.export_hf:                     # found now, not after the whole run
@@ -167,16 +170,13 @@ def setup(argv, world):
     if saved:
         stored = saved["finetune_config"]
         changed = [k for k in explicit if k not in ("max_iters", "epochs", "out_dir",
-                                                    "device", "responses", "export_hf")
+                                                    "device", "responses", "export_hf", "zero")
                    and getattr(config, k) != stored[k]]
         if changed or stored["mode"] != config.mode:
             raise UserError(f"--resume: {', '.join('--' + k for k in changed) or 'the task'} "
                             f"differ from the checkpoint in {out_dir}")
         config = FinetuneConfig(**{**stored, **{k: getattr(config, k) for k in explicit}})
     check_device(config.device)
-    if world.size > 1 and config.device != "cpu":
-        raise UserError(f"--device {config.device} on {world.size} ranks needs NCCL, not done "
-                        "yet: use --device cpu under mpiexec (docs/parallel.md)")
     if not saved:
         check_new_run(out_dir)
     return config, saved
@@ -191,9 +191,11 @@ def make_task(config, saved, world):
 
 def finetune(argv, lock, world=None):
     """The run (see the module docstring); on N ranks (ranks.py) each step's batch is shared
-    out by items, the gradients token-weighted averaged, and only rank 0 writes."""
+    out by items, the gradients token-weighted averaged (--zero 1: AdamW's moments sharded,
+    nn.ZeroAdamW), and only rank 0 writes."""
     world = nn.distributed.SingleWorld() if world is None else world
     config, saved = ranks.agreed(world, setup, argv, world)    # N ranks: errors agreed
+    world = ranks.world_on(world, config.device)    # cuda: this rank's GPU, NCCL across ranks
     out_dir = Path(config.out_dir)
     task = ranks.agreed(world, make_task, config, saved, world)
     ranks.start_agreed(world, task.model, asdict(config),       # the --data file's sha256
@@ -208,8 +210,7 @@ def finetune(argv, lock, world=None):
     n_train, n_all = sum(p.size for p in params), model.num_parameters()
     print(f"trainable: {config.trainable_part}, {n_train:,} of {n_all:,} parameters "
           f"({100 * n_train / n_all:.2f}%)")
-    optimizer = nn.AdamW(nn.decay_groups(params, config.weight_decay), lr=config.learning_rate,
-                         betas=(0.9, 0.999))
+    optimizer = finetune_task.optimizer_of(params, config, world)    # --zero 1: ZeroAdamW
     steps_per_epoch = task.steps_per_epoch()
     total = config.max_iters or (config.epochs or task.default_epochs) * steps_per_epoch
     interval = config.eval_interval or steps_per_epoch
@@ -223,10 +224,11 @@ def finetune(argv, lock, world=None):
         print(f"resuming from step {start}")
     metrics = report.Metrics(out_dir, truncate_after=start if saved else None) \
         if world.is_root else ranks.NoMetrics()
-    sync = nn.GradientReducer(params, world) if world.size > 1 else None
+    sync = finetune_task.sync_of(world, params, optimizer, config)
 
     def save(it):                        # a full disk: stop, the last checkpoint kept
-        ranks.on_root(world, lambda: run_guard.save(out_dir, model, optimizer, {
+        state = optimizer.gathered() if config.zero else optimizer   # ZeRO: on every rank
+        ranks.on_root(world, lambda: run_guard.save(out_dir, model, state, {
             "iter": it, "evaluated": True, "finetune_config": asdict(config), **task.info(),
             "dropout_state": backend.random_state(config.device)}, "step"))
 
@@ -236,18 +238,10 @@ def finetune(argv, lock, world=None):
     try:
         for it in range(start, total):
             batch = task.batch(it)             # epoch it // steps_per_epoch, shuffled by seed
-            optimizer.zero_grad()
-            if sync is None:
-                value = backward(task, model, batch)
-            else:                   # this rank's items; the average weighted by their targets
-                part, count = task.share(batch)
-                value = backward(task, model, part) if count else 0.0
-                value, _, stop = sync.reduce(value, count=count, stop=interrupt.requested)
+            value, stop = finetune_task.step(task, model, optimizer, sync, batch, config,
+                                             sync is not None and interrupt.requested)
             if not math.isfinite(value):
                 raise_nan(it, value, out_dir)
-            if config.grad_clip:
-                nn.clip_grad_norm(params, config.grad_clip)
-            optimizer.step()
             metrics.write(iter=it, loss=value)             # as train: the step's index
             if (it + 1) % interval == 0 or it + 1 == total:
                 report_scores(it + 1, total, steps_per_epoch, task.evaluate(model), metrics)
@@ -265,13 +259,6 @@ def finetune(argv, lock, world=None):
         task.export_hf(model, Path(config.export_hf))
         print(f"exported a merged Hugging Face GPT-2 folder to {config.export_hf}")
     return 0
-
-
-def backward(task, model, batch):
-    """Forward and backward of the task's loss on batch; the loss."""
-    loss = task.loss(model, batch)
-    loss.backward()
-    return float(loss.item())
 
 
 def report_scores(it, total, steps_per_epoch, scores, metrics):

@@ -1,5 +1,6 @@
 """What the two fine-tuning tasks share: the base model and its tokenizer, which parameters
-train (--trainable, LoRA), the end-of-text id, and the run folder's layout.
+train (--trainable, LoRA), the end-of-text id, the run folder's layout, and one optimizer
+step (AdamW, or with --zero 1 nn.ZeroAdamW: its moments sharded over the ranks).
 
 A fine-tuning run folder (--out_dir) holds, as a training run does, ckpt.json +
 ckpt-<step>.safetensors (every weight, the optimizer state) and tokenizer/; ckpt.json also
@@ -7,12 +8,14 @@ keeps the base model's config, the task's labels and the LoRA settings, so a res
 `python -m tinygrad_gpt.classify` and `python -m tinygrad_gpt.sample --out_dir` rebuild
 the same model without reading --init_from again.
 """
+import math
 from pathlib import Path
 
 import numpy as np
 
 import nn
 from gpt import GPT, GPTConfig
+from tensor import backend
 
 from . import memory, tokenizer_io
 from .cli import UserError
@@ -34,19 +37,78 @@ def end_id(tok):
                     "with: fine-tune a model whose tokenizer has one")
 
 
-def check_memory(config, model_config):
+def check_memory(config, model_config, world=None):
     """Refuse (UserError) a fine-tuning run whose memory estimate (memory.py) does not fit,
-    before any weight is read; the batches are at most model_config.block_size long."""
+    before any weight is read; the batches are at most model_config.block_size long. On N
+    ranks the estimate is per rank, as train's (report.check_memory): --zero 1 keeps 1/N
+    of AdamW's moments, and a machine's free memory is shared by its ranks. Returns the
+    estimate by part."""
+    n_ranks, local = (1, 1) if world is None else (world.size, world.local_size)
     settings = lora_settings(config)
     n_classes = 2 if config.mode == "classify" else None   # the head's C x n: labels come later
     parts = memory.estimate(model_config, config.batch_size, trainable=config.trainable_part,
                             lora_rank=settings["rank"], lora_targets=settings["targets"],
-                            n_classes=n_classes, device=config.device)
-    memory.check(parts, config.device, {
+                            n_classes=n_classes, n_ranks=n_ranks, zero=config.zero,
+                            device=config.device)
+    free = memory.available(config.device) // local if local > 1 else None
+    memory.check(parts, config.device, free=free, lower={
         "activations": f"--batch_size ({config.batch_size}) or --max_length "
                        f"({model_config.block_size})",
         "model": "what trains (--trainable last_block or lora: fewer gradients and moments), "
                  "or fine-tune a smaller base"})
+    return parts
+
+
+def optimizer_of(params, config, world):
+    """AdamW on the trainable params (constant learning rate, betas 0.9, 0.999); with --zero
+    1 nn.ZeroAdamW, its moments sharded over the ranks (one process: the same steps, bit
+    for bit, as train's --zero 1). Its checkpoints are nn.AdamW's files either way."""
+    groups = nn.decay_groups(params, config.weight_decay)
+    kind = nn.ZeroAdamW if config.zero else nn.AdamW
+    extra = {"world": world} if config.zero else {}
+    return kind(groups, lr=config.learning_rate, betas=(0.9, 0.999), **extra)
+
+
+def sync_of(world, params, optimizer, config):
+    """What averages the gradients over the ranks: the ZeroAdamW itself (--zero 1), an
+    nn.GradientReducer on N ranks, or None (one process: the gradients as they are)."""
+    if config.zero:
+        return optimizer
+    return nn.GradientReducer(params, world) if world.size > 1 else None
+
+
+def step(task, model, optimizer, sync, batch, config, stop=False):
+    """One optimizer step on a step's batch: on N ranks this rank's items (task.share), the
+    gradients averaged weighted by every rank's counted targets (sync.reduce), clipped to
+    the global norm --grad_clip, then AdamW. Returns (the loss: its mean over the whole
+    batch's counted targets, and whether any rank asked to stop); a loss that is not finite
+    is returned without a step."""
+    optimizer.zero_grad()
+    if task.world.size == 1:
+        value = backward(task, model, batch)
+        if sync is not None:            # --zero 1 on one process: its shard is all of g
+            value, _, stop = sync.reduce(value, stop=stop)
+    else:                       # this rank's items; the average weighted by their targets
+        part, count = task.share(batch)
+        hook = sync.start(count) if hasattr(sync, "start") else None  # buckets sent during
+        value = backward(task, model, part, hook) if count else 0.0   # backward (reducer.py)
+        value, _, stop = sync.reduce(value, count=count, stop=stop)
+    if not math.isfinite(value):
+        return value, stop
+    if config.grad_clip:
+        if config.zero:
+            optimizer.clip_grad_norm(config.grad_clip)
+        else:
+            nn.clip_grad_norm(optimizer.params, config.grad_clip)
+    optimizer.step()
+    return value, stop
+
+
+def backward(task, model, batch, leaf_done=None):
+    """Forward and backward of the task's loss on batch; the loss."""
+    loss = task.loss(model, batch)
+    loss.backward(leaf_done=leaf_done)
+    return float(loss.item())
 
 
 def lora_settings(config):
@@ -65,7 +127,7 @@ class Task:
         out_dir = Path(config.out_dir)
         if saved:                                   # --resume: all from the run folder
             info = saved
-            check_memory(config, GPTConfig.from_dict(info["model_config"]))
+            check_memory(config, GPTConfig.from_dict(info["model_config"]), self.world)
             self.body = GPT(GPTConfig.from_dict(info["model_config"]))
             self.tok = tokenizer_io.load(out_dir / "tokenizer")
             self.base_info = info.get("base", {})
@@ -78,7 +140,8 @@ class Task:
             if config.max_length > stored:
                 raise UserError(f"--max_length {config.max_length} is longer than the model's "
                                 f"context ({stored} tokens): use {stored} or less")
-            check_memory(config, base.model_config(config.max_length or None, config.dropout))
+            check_memory(config, base.model_config(config.max_length or None,
+                                                 config.dropout), self.world)
             self.body = base.load(config.device, block_size=config.max_length or None,
                                   dropout=config.dropout)
             self.tok, self.base_info = base.tokenizer, base.to_dict()
@@ -110,7 +173,13 @@ class Task:
         return len(self.train_batches)
 
     def batch(self, it):
-        """Step it's batch: epoch it // steps_per_epoch, shuffled by (seed, epoch)."""
+        """Step it's batch: epoch it // steps_per_epoch, shuffled by (seed, epoch). On N ranks
+        it also seeds this rank's dropout masks from (seed, it, rank), as train does: the
+        ranks draw independent masks, and a resume (on as many ranks) draws the same ones,
+        whatever each rank drew before (a checkpoint keeps rank 0's generator only)."""
+        if self.world.size > 1:
+            backend.manual_seed(np.random.SeedSequence([self.config.seed, it, self.world.rank])
+                                .generate_state(1)[0])
         n = len(self.train_batches)
         epoch, k = divmod(it, n)
         order = self.train_batches.order(epoch)
