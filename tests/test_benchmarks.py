@@ -293,8 +293,10 @@ def test_finetune_bench_splits_our_steps_into_linear_products_and_the_rest(tmp_p
 
 
 def test_distributed_bench_runs_every_kind_on_two_ranks(tmp_path):
-    """bench_distributed.py --quick: every kind (one process, accumulation, 2 ranks plain,
-    ZeRO-1 and two bucket sizes) trains and reports its steps and peak RSS."""
+    """bench_distributed.py --quick: every default kind (one process with and without
+    DataParallel, 2 ranks with and without overlap, ZeRO-1, PyTorch when installed) trains
+    and reports its steps, the ranks their reduce times, and peak RSS."""
+    import importlib.util
     import shutil
     pytest.importorskip("mpi4py")
     if shutil.which("mpiexec") is None:
@@ -305,8 +307,11 @@ def test_distributed_bench_runs_every_kind_on_two_ranks(tmp_path):
                            "--quick", "--json", str(out)],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    runs = json.loads(out.read_text())["runs"]
-    assert len(runs) == 6
+    runs = json.loads(out.read_text())["shapes"]["XS"]["runs"]
+    expected = {"parallel-on", "parallel-off", "plain", "overlap-off", "zero"}
+    assert set(runs) == expected | ({"torch"} if importlib.util.find_spec("torch") else set())
     for kind, results in runs.items():
         assert "error" not in results[0], (kind, results[0])
         assert len(results[0]["dt_ms"]) == 3 and results[0]["peak_rss_mb"] > 0, kind
+        ranks = kind in ("plain", "overlap-off", "zero")
+        assert len(results[0].get("reduce_ms", [])) == (3 if ranks else 0), kind
