@@ -7,7 +7,7 @@ dense form costs a (V, C) array of zeros and one more (V, C) add to put N rows i
 (about 45 ms of a GPT-2-small step here: V = 50,257, C = 768 is 154 MB, N = 512).
 
 This kernel's backward returns a RowGradient instead: the same gradient as (ids, rows).
-The engine's accumulate_grad (tensor/tensor.py) adds it into an existing .grad in place,
+The engine's accumulate_grad (tensor/graph.py) adds it into an existing .grad in place,
 row by row, or makes it dense (the reference's array, exactly) when it is the first.
 Forward and the id checks are the reference's.
 """
