@@ -70,6 +70,17 @@ def check_grads(node, input_grads):
                                      f"(input shapes {shapes})")
 
 
+def wrong_gradients(node, input_grads):
+    """The message for a backward that did not return one gradient per input, each of its
+    input's shape (a learner's op forgetting to sum a broadcast gradient back, say)."""
+    want = ", ".join(str(tuple(p.shape)) for p in node._parents)
+    got = ", ".join("None" if g is None else str(tuple(getattr(g, "shape", ())))
+                    for g in input_grads)
+    return (f"backward of op '{node.op}' returned gradients of shapes ({got}) for inputs of "
+            f"shapes ({want}): return one gradient per input, each with its input's shape "
+            "(a broadcast input's gradient summed back: elementwise.unbroadcast)")
+
+
 def accumulate_grad(leaf, g, fresh):
     """leaf.grad += g: the only place a gradient is written into a tensor.
 

@@ -12,7 +12,7 @@ in-place ops on tensors that are part of a graph.
 """
 from . import backend
 from .graph import (accumulate_grad, check_forward, check_grads, is_fresh, leaves_done_after,
-                    topological_order)
+                    topological_order, wrong_gradients)
 
 _grad_enabled = True   # switched off inside `with no_grad():`
 _anomaly_mode = False  # switched on inside `with detect_anomaly():`
@@ -103,28 +103,23 @@ class Tensor:
 
     # ----- properties and conversions -------------------------------------------------
     @property
-    def shape(self):
-        return self.data.shape
+    def shape(self): return self.data.shape
 
     @property
-    def dtype(self):
-        return self.data.dtype
+    def dtype(self): return self.data.dtype
 
     @property
-    def ndim(self):
-        return self.data.ndim
+    def ndim(self): return self.data.ndim
 
     @property
-    def size(self):
-        return self.data.size
+    def size(self): return self.data.size
 
     @property
     def xp(self):
         """The array module (numpy or cupy) that holds this tensor's data."""
         return backend.get_xp(self.device)
 
-    def __len__(self):
-        return self.data.shape[0]
+    def __len__(self): return self.data.shape[0]
 
     def __repr__(self):
         grad = ", requires_grad=True" if self.requires_grad else ""
@@ -141,8 +136,7 @@ class Tensor:
             raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
         return self.data.reshape(()).item()
 
-    def tolist(self):
-        return self.numpy().tolist()
+    def tolist(self): return self.numpy().tolist()
 
     def to(self, device):
         """A copy on another device (a detached leaf that keeps requires_grad)."""
@@ -159,8 +153,7 @@ class Tensor:
         """A detached copy in another dtype (e.g. 'float64' for a gradient check)."""
         return Tensor(self.data.astype(dtype), self.requires_grad, device=self.device)
 
-    def zero_grad(self):
-        self.grad = None
+    def zero_grad(self): self.grad = None
 
     # ----- reverse mode -----------------------------------------------------------------
     def backward(self, grad=None, retain_graph=False, leaf_done=None):
@@ -249,11 +242,15 @@ def visit(node, dy, grads, retain_graph):
         accumulate_grad(node, dy, fresh=False)
         return
     input_grads = node._backward(dy)         # one gradient (or None) per parent
+    if len(input_grads) != len(node._parents):
+        raise ValueError(wrong_gradients(node, input_grads))
     if _anomaly_mode:
         check_grads(node, input_grads)
     for parent, dparent in zip(node._parents, input_grads):
         if dparent is None or not parent.requires_grad:
             continue
+        if dparent.shape != parent.data.shape:   # a broadcast input's gradient summed back?
+            raise ValueError(wrong_gradients(node, input_grads))
         if parent._backward is None:         # a leaf (a parameter): add into its .grad
             accumulate_grad(parent, dparent, fresh=is_fresh(dparent, dy, input_grads))
             continue

@@ -352,3 +352,22 @@ def test_to_moves_between_devices_and_back():
     on_gpu = t.to("cuda")
     assert on_gpu.device == "cuda" and on_gpu.requires_grad
     np.testing.assert_array_equal(on_gpu.to("cpu").numpy(), t.numpy())
+
+
+def test_a_backward_returning_a_wrong_shape_or_count_is_one_clear_error():
+    """A learner's op that forgets to sum a broadcast gradient back (or returns one gradient
+    too few) is stopped at once, naming the op and the shapes, not stored in .grad."""
+    from tensor.tensor import make
+
+    def forgot_unbroadcast(a, b):
+        return make(a.data * b.data, (a, b), "my_mul", lambda dy: (dy * b.data, dy * a.data))
+
+    def one_too_few(a, b):
+        return make(a.data * b.data, (a, b), "my_mul", lambda dy: (dy * b.data,))
+    for fn in (forgot_unbroadcast, one_too_few):
+        a = Tensor(np.ones((2, 3)), requires_grad=True)
+        b = Tensor(np.ones(3), requires_grad=True)
+        with pytest.raises(ValueError, match=r"backward of op 'my_mul' returned gradients of "
+                                             r"shapes .* for inputs of shapes \(\(2, 3\), \(3,\)\)"):
+            fn(a, b).sum().backward()
+        assert b.grad is None
