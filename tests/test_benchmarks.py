@@ -315,3 +315,27 @@ def test_distributed_bench_runs_every_kind_on_two_ranks(tmp_path):
         assert len(results[0]["dt_ms"]) == 3 and results[0]["peak_rss_mb"] > 0, kind
         ranks = kind in ("plain", "overlap-off", "zero")
         assert len(results[0].get("reduce_ms", [])) == (3 if ranks else 0), kind
+
+
+def test_gpu_bench_runs_on_the_cpu(tmp_path):
+    """bench_gpu.py --device cpu --quick: the GPU benchmark's every path but the device's
+    (ours and PyTorch when installed, step and generation) runs and reports its numbers."""
+    import importlib.util
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_gpu.py"),
+                           "--device", "cpu", "--quick", "--json", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    step, generate = results["XS/step"], results["XS/generate"]
+    assert set(step) == {"ours"} | ({"torch"} if importlib.util.find_spec("torch") else set())
+    for who, runs in step.items():
+        assert "error" not in runs[0], (who, runs[0])
+        assert len(runs[0]["times_s"]) == 2 and runs[0]["peak_mb"] > 0 and runs[0]["loss"] > 0
+    assert generate["ours"][0]["cached"] > 0 and generate["ours"][0]["uncached"] > 0
+
+
+def test_gpu_check_script_is_valid_bash():
+    proc = subprocess.run(["bash", "-n", os.path.join(ROOT, "benchmarks", "gpu_check.sh")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
