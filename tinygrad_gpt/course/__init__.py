@@ -16,3 +16,15 @@ MODULES = ("tensor_and_backward", "bigram_and_softmax", "attention", "gpt_blocks
 NOTEBOOKS = ("01_tensor_and_backward.ipynb", "02_bigram_and_softmax.ipynb",
              "03_attention.ipynb", "04_gpt_block_by_block.ipynb", "05_tokenizer.ipynb",
              "06_finetuning.ipynb")
+
+
+def not_answered(number, hint):
+    """What a check says of the placeholder a learner starts from: one line, False."""
+    print(f"Exercise {number}: not answered yet ({hint})")
+    return False
+
+
+def correct(number, detail=""):
+    """What a check says of a right answer: one line, True."""
+    print(f"Exercise {number}: correct" + (f" ({detail})" if detail else ""))
+    return True

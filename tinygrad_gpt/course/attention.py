@@ -19,17 +19,9 @@ import numpy as np
 from tensor import Tensor
 from tensor.attention import future, scaled_dot_product_attention
 
+from . import correct, not_answered
+
 HS = 64       # the head size of exercise 3
-
-
-def _not_answered(n, hint):
-    print(f"Exercise {n}: not answered yet ({hint})")
-    return False
-
-
-def _correct(n):
-    print(f"Exercise {n}: correct")
-    return True
 
 
 # Exercise 1: the causal mask
@@ -50,11 +42,11 @@ def wrong_mask_self(T):
 def check_causal_mask(fn):
     hint = "True where u > t, e.g. with np.triu; a query always sees itself"
     if fn is None:
-        return _not_answered(1, hint)
+        return not_answered(1, hint)
     for T in (1, 4, 7):
         mask = fn(T)
         if mask is None:
-            return _not_answered(1, hint)
+            return not_answered(1, hint)
         mask = np.asarray(mask)
         assert mask.shape == (T, T), \
             f"Exercise 1: my_causal_mask({T}) has shape {mask.shape}, expected ({T}, {T})"
@@ -66,7 +58,7 @@ def check_causal_mask(fn):
             rule = f"must not see key {u} (its future)" if expected[t, u] else f"sees key {u}"
             raise AssertionError(f"Exercise 1: my_causal_mask({T})[{t}, {u}] is "
                                  f"{bool(mask[t, u])}: query {t} {rule}")
-    return _correct(1)
+    return correct(1)
 
 
 # Exercise 2: the attention op's backward
@@ -121,12 +113,12 @@ def engine_attention_grads(q, k, v, dy):
 def check_attention_backward(fn):
     hint = "dv = P^T dy, dP = dy v^T, dS = P * (dP - rowsum(dP * P)), dq = s dS k, dk = s dS^T q"
     if fn is None:
-        return _not_answered(2, hint)
+        return not_answered(2, hint)
     rng = np.random.default_rng(3)
     q, k, v, dy = (rng.standard_normal((2, 3, 5, 4)) for _ in range(4))  # (B, nh, T, hs)
     got = fn(q.copy(), k.copy(), v.copy(), dy.copy())
     if got is None:
-        return _not_answered(2, hint)
+        return not_answered(2, hint)
     assert len(got) == 3, f"Exercise 2: return (dq, dk, dv), got {len(got)} values"
     for name, mine, ref in zip(("dq", "dk", "dv"), got, engine_attention_grads(q, k, v, dy)):
         mine = np.asarray(mine, dtype=np.float64)
@@ -135,7 +127,7 @@ def check_attention_backward(fn):
         err = float(np.abs(mine - ref).max())
         assert err < 1e-9, f"Exercise 2: {name} is off by up to {err:.3g} from the fused " \
                            f"op's backward (tensor/attention.py)"
-    return _correct(2)
+    return correct(2)
 
 
 # Exercise 3: why the scores are divided by sqrt(hs)
@@ -150,14 +142,14 @@ def answer_score_std():
 def check_score_std(value):
     hint = "the variance of a sum of independent terms is the sum of their variances"
     if value is None:
-        return _not_answered(3, hint)
+        return not_answered(3, hint)
     assert isinstance(value, (int, float, np.floating, np.integer)), \
         f"Exercise 3: give one number, got {type(value).__name__}"
     value = float(value)
     assert abs(value - math.sqrt(HS)) <= 0.05 * math.sqrt(HS), \
         f"Exercise 3: {value:g} is not the standard deviation of q . k for hs = {HS} " \
         f"(is it the variance? a scaled score?)"
-    return _correct(3)
+    return correct(3)
 
 
 CHECKS = [

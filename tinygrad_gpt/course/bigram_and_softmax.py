@@ -17,16 +17,7 @@ from tensor import Tensor
 from tensor.tensor import make
 
 from ..gradcheck import check_learner
-
-
-def _not_answered(number, hint):
-    print(f"Exercise {number}: not answered yet ({hint})")
-    return False
-
-
-def _correct(number, detail=""):
-    print(f"Exercise {number}: correct" + (f" ({detail})" if detail else ""))
-    return True
+from . import correct, not_answered
 
 
 # ----- exercise 1: softmax's backward ----------------------------------------------------------
@@ -59,7 +50,7 @@ def _wrong_softmax_axis(x, axis=-1):
 def check_softmax(fn, examples=10):
     """fn(x, axis=-1) -> Tensor; checked as `gradcheck --op softmax --function` checks it."""
     if fn is None:
-        return _not_answered(1, "dx_k = sum_i dy_i y_i ([i = k] - y_k)")
+        return not_answered(1, "dx_k = sum_i dy_i y_i ([i = k] - y_k)")
     x = Tensor(np.random.default_rng(0).standard_normal((2, 3)), requires_grad=True,
                dtype=np.float64)
     out = fn(x)
@@ -67,12 +58,12 @@ def check_softmax(fn, examples=10):
         "Exercise 1: return the Tensor made by make(y, (x,), 'softmax', backward)"
     grads = out._backward(np.ones_like(out.data))
     if grads is None:
-        return _not_answered(1, "dx_k = sum_i dy_i y_i ([i = k] - y_k)")
+        return not_answered(1, "dx_k = sum_i dy_i y_i ([i = k] - y_k)")
     assert isinstance(grads, (tuple, list)) and len(grads) == 1, \
         "Exercise 1: backward returns one gradient per input, as a tuple: (dx,)"
     checks, abs_err, _, ok, note = check_learner("softmax", fn, examples, 0, "cpu")
     assert ok, f"Exercise 1: case {checks} failed: {note}"
-    return _correct(1, f"{checks} random cases, max abs err {abs_err:.1e}")
+    return correct(1, f"{checks} random cases, max abs err {abs_err:.1e}")
 
 
 # ----- exercise 2: cross-entropy's gradient -------------------------------------------------
@@ -109,7 +100,7 @@ def check_cross_entropy_grad(fn):
     """fn(logits (N, V) ndarray, targets (N,) ints) -> (N, V) ndarray."""
     rng = np.random.default_rng(0)
     if fn is None or fn(rng.standard_normal((2, 3)), np.array([0, 2])) is None:
-        return _not_answered(2, "d/dz_k of logsumexp(z) - z_t, then the mean over rows")
+        return not_answered(2, "d/dz_k of logsumexp(z) - z_t, then the mean over rows")
     for N, V in [(1, 2), (3, 5), (8, 11)]:
         logits, targets = 2 * rng.standard_normal((N, V)), rng.integers(0, V, N)
         mine = np.asarray(fn(logits.copy(), targets.copy()), dtype=np.float64)
@@ -122,7 +113,7 @@ def check_cross_entropy_grad(fn):
                 if not np.allclose(rows, 0) else "the loss is the MEAN over N rows"
             assert False, f"Exercise 2: wrong for N={N}, V={V} (max gap " \
                 f"{np.abs(mine - engine).max():.3e}): {hint}"
-    return _correct(2, "matches tensor/cross_entropy.py's backward")
+    return correct(2, "matches tensor/cross_entropy.py's backward")
 
 
 # ----- exercise 3: add-alpha smoothing ------------------------------------------------------
@@ -154,7 +145,7 @@ def check_smoothed_probs(fn):
     """fn(ids, V, alpha) -> (V, V) ndarray, row a = p(next | a)."""
     ids = np.array([0, 1, 2, 0, 1, 1, 0, 2, 2, 1, 0, 1, 2])    # V = 4: id 3 never appears
     if fn is None or fn(ids.copy(), 4, 1.0) is None:
-        return _not_answered(3, "(count(a b) + alpha) / (count(a) + alpha V)")
+        return not_answered(3, "(count(a b) + alpha) / (count(a) + alpha V)")
     for alpha in (1.0, 0.1):
         mine = np.asarray(fn(ids.copy(), 4, alpha), dtype=np.float64)
         assert mine.shape == (4, 4), f"Exercise 3: give a (V, V) = (4, 4) table, got " \
@@ -163,7 +154,7 @@ def check_smoothed_probs(fn):
             f"to 1, got row sums {np.round(mine.sum(axis=1), 4)}"
         assert np.allclose(mine, answer_smoothed_probs(ids, 4, alpha)), "Exercise 3: rows " \
             "sum to 1 but the values differ: row a is the current token, column b the next"
-    return _correct(3, "rows sum to 1, unseen pairs get alpha / (count(a) + alpha V)")
+    return correct(3, "rows sum to 1, unseen pairs get alpha / (count(a) + alpha V)")
 
 
 CHECKS = [

@@ -19,17 +19,9 @@ from tokenizer import BPETokenizer
 from tokenizer.pairs import apply_merges, merge, merge_priorities
 from tokenizer.patterns import GPT2_SPLIT_PATTERN
 
+from . import correct, not_answered
+
 SPLIT_TEXT = "I'll pay $3.14, or  more!\n"      # exercise 2's text: two spaces before "more"
-
-
-def _not_answered(n, hint):
-    print(f"Exercise {n}: not answered yet ({hint})")
-    return False
-
-
-def _correct(n):
-    print(f"Exercise {n}: correct")
-    return True
 
 
 # Exercise 1: merge one pair
@@ -68,17 +60,17 @@ MERGE_CASES = [([1, 2, 3, 1, 2], (1, 2), 4), ([7, 7, 7], (7, 7), 9), ([7, 7, 7, 
 def check_merge(fn):
     hint = "walk i over ids; on a match append new_id and step i by 2, else append ids[i]"
     if fn is None:
-        return _not_answered(1, hint)
+        return not_answered(1, hint)
     rng = np.random.default_rng(5)
     cases = MERGE_CASES + [(rng.integers(0, 3, size=n).tolist(), (1, 1), 3) for n in (5, 9, 16)]
     for ids, pair, new_id in cases:
         got = fn(list(ids), pair, new_id)
         if got is None:
-            return _not_answered(1, hint)
+            return not_answered(1, hint)
         want = merge(ids, pair, new_id)
         assert list(got) == want, (f"Exercise 1: merge({ids}, {pair}, {new_id}) gave "
                                    f"{list(got)}, expected {want} (pairs.merge)")
-    return _correct(1)
+    return correct(1)
 
 
 # Exercise 2: the GPT-2 split, by hand
@@ -92,7 +84,7 @@ def answer_split():
 def check_split(chunks):
     hint = "try regex.findall(GPT2_SPLIT_PATTERN, ...) on small pieces of the text first"
     if chunks is None:
-        return _not_answered(2, hint)
+        return not_answered(2, hint)
     want = regex.findall(GPT2_SPLIT_PATTERN, SPLIT_TEXT)
     chunks = list(chunks)
     assert all(isinstance(c, str) for c in chunks), "Exercise 2: give a list of strings"
@@ -102,7 +94,7 @@ def check_split(chunks):
         assert mine == ref, f"Exercise 2: chunk {k} is {mine!r}; the regex makes {ref!r} there"
     assert len(chunks) == len(want), \
         f"Exercise 2: {len(chunks)} chunks, the regex makes {len(want)}"
-    return _correct(2)
+    return correct(2)
 
 
 # Exercise 3: encode a chunk by merge rank
@@ -146,7 +138,7 @@ def _trained_merges():
 def check_encode(fn):
     hint = "rank = position in merges; merge the present pair of lowest rank, then look again"
     if fn is None:
-        return _not_answered(3, hint)
+        return not_answered(3, hint)
     a, b, c = 97, 98, 99
     cases = [([a, b, c], {(b, c): 256, (a, b): 257}),                      # a|bc, not ab|c
              ([a, b, c], {(a, b): 256, (b, c): 257}),                      # ab|c
@@ -158,12 +150,12 @@ def check_encode(fn):
     for ids, table in cases:
         got = fn(list(ids), dict(table))
         if got is None:
-            return _not_answered(3, hint)
+            return not_answered(3, hint)
         want = apply_merges(ids, merge_priorities(table))
         shown = dict(table) if len(table) < 6 else "(the trained table)"
         assert list(got) == want, (f"Exercise 3: ids {ids} with merges {shown} gave "
                                    f"{list(got)}, expected {want} (pairs.apply_merges)")
-    return _correct(3)
+    return correct(3)
 
 
 CHECKS = [

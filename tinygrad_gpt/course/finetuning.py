@@ -19,19 +19,10 @@ import numpy as np
 from nn import LoRALinear, Linear
 from ..finetune_batches import instruction_pair
 from ..finetune_data import IGNORE_INDEX
+from . import correct, not_answered
 
 GPT2_SMALL = {"n_layer": 12, "n_embd": 768}      # exercise 2's model (V, block: no part)
 LORA_RANK = 4
-
-
-def _not_answered(n, hint):
-    print(f"Exercise {n}: not answered yet ({hint})")
-    return False
-
-
-def _correct(n):
-    print(f"Exercise {n}: correct")
-    return True
 
 
 # Exercise 1: targets masked on the prompt
@@ -69,13 +60,13 @@ def check_mask_targets(fn):
     hint = "ids = prompt + response + [end_id]; x = ids[:-1]; y = ids[1:] with -100 where y " \
            "is a prompt token"
     if fn is None:
-        return _not_answered(1, hint)
+        return not_answered(1, hint)
     cases = [([5, 6, 7], [8, 9], 0), ([5], [8], 0), ([1, 2, 3, 4], [9], 99),
              ([10, 11], [12, 13, 14, 15], 1)]
     for prompt, response, end in cases:
         got = fn(list(prompt), list(response), end)
         if got is None:
-            return _not_answered(1, hint)
+            return not_answered(1, hint)
         assert len(got) == 2, f"Exercise 1: return (x, y), got {len(got)} values"
         x, y = (list(np.asarray(a).tolist()) for a in got)
         want_x, want_y, _ = instruction_pair(prompt, response, end, max_length=10_000,
@@ -83,7 +74,7 @@ def check_mask_targets(fn):
         where = f"prompt {prompt}, response {response}, end {end}"
         assert x == want_x, f"Exercise 1 ({where}): x is {x}, expected {want_x}"
         assert y == want_y, f"Exercise 1 ({where}): y is {y}, expected {want_y}"
-    return _correct(1)
+    return correct(1)
 
 
 # Exercise 2: LoRA's trainable parameters
@@ -99,7 +90,7 @@ def check_lora_parameters(n):
     hint = "a Linear (out, in) gets A (r, in) and B (out, r); count the attention's four " \
            "C x C projections in each of the 12 blocks"
     if n is None:
-        return _not_answered(2, hint)
+        return not_answered(2, hint)
     assert isinstance(n, (int, np.integer)) and not isinstance(n, bool), \
         f"Exercise 2: give a whole number, got {n!r}"
     want = answer_lora_parameters()
@@ -108,7 +99,7 @@ def check_lora_parameters(n):
     assert n != want // 2, "Exercise 2: half the answer: count both A and B"
     assert n == want, f"Exercise 2: {n:,} trainable parameters; not the count of rank-" \
                       f"{LORA_RANK} adapters on 4 projections x {L} blocks (C = {C})"
-    return _correct(2)
+    return correct(2)
 
 
 # Exercise 3: merging LoRA into the weight
@@ -129,7 +120,7 @@ def wrong_lora_merge_alpha(W, A, B, alpha, rank):
 def check_lora_merge(fn):
     hint = "the layer computes x W^T + (alpha / r) (x A^T) B^T = x (W + ...)^T"
     if fn is None:
-        return _not_answered(3, hint)
+        return not_answered(3, hint)
     rng = np.random.default_rng(7)
     for out_features, in_features, rank, alpha in ((5, 3, 2, 4.0), (6, 8, 4, 16.0), (3, 3, 1, 1.0)):
         linear = Linear(in_features, out_features, bias=True)
@@ -138,7 +129,7 @@ def check_lora_merge(fn):
         W, A, B = (p.data.copy() for p in (layer.weight, layer.lora_A, layer.lora_B))
         got = fn(W.copy(), A.copy(), B.copy(), alpha, rank)
         if got is None:
-            return _not_answered(3, hint)
+            return not_answered(3, hint)
         got = np.asarray(got)
         want = layer.merge().weight.data
         assert got.shape == want.shape, \
@@ -146,7 +137,7 @@ def check_lora_merge(fn):
         err = float(np.abs(got - want).max())
         assert err < 1e-5, f"Exercise 3: W' is off by up to {err:.3g} from LoRALinear.merge " \
                            f"(rank {rank}, alpha {alpha})"
-    return _correct(3)
+    return correct(3)
 
 
 CHECKS = [

@@ -19,15 +19,7 @@ from gpt import GPTConfig
 from gpt.model import Block
 from tensor import Tensor
 
-
-def _not_answered(n, hint):
-    print(f"Exercise {n}: not answered yet ({hint})")
-    return False
-
-
-def _correct(n):
-    print(f"Exercise {n}: correct")
-    return True
+from . import correct, not_answered
 
 
 def _compare(n, name, mine, ref, atol=1e-9):
@@ -66,18 +58,18 @@ def wrong_layer_norm_axis0(x, w, b, eps=1e-5):
 def check_layer_norm(fn):
     hint = "mean and variance over the last axis (keepdims=True), then * w + b"
     if fn is None:
-        return _not_answered(1, hint)
+        return not_answered(1, hint)
     rng = np.random.default_rng(4)
     x = rng.standard_normal((2, 3, 8))                          # (B, T, C)
     x[0, 0] *= 1e-2                  # a row of small variance, where eps matters
     w, b = rng.standard_normal(8), rng.standard_normal(8)       # (C,)
     got = fn(x.copy(), w.copy(), b.copy(), 1e-5)
     if got is None:
-        return _not_answered(1, hint)
+        return not_answered(1, hint)
     ref = F.layer_norm(Tensor(x, dtype=np.float64), Tensor(w, dtype=np.float64),
                        Tensor(b, dtype=np.float64), 1e-5).numpy()
     _compare(1, "y", got, ref)
-    return _correct(1)
+    return correct(1)
 
 
 # Exercise 2: GELU
@@ -98,14 +90,14 @@ def wrong_gelu_no_cube(x):
 def check_gelu(fn):
     hint = "0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))"
     if fn is None:
-        return _not_answered(2, hint)
+        return not_answered(2, hint)
     x = np.linspace(-5.0, 5.0, 41)
     got = fn(x.copy())
     if got is None:
-        return _not_answered(2, hint)
+        return not_answered(2, hint)
     ref = F.gelu(Tensor(x, dtype=np.float64), "tanh").numpy()
     _compare(2, "gelu(x)", got, ref)
-    return _correct(2)
+    return correct(2)
 
 
 # Exercise 3: the parameters of one block
@@ -127,16 +119,16 @@ def wrong_block_parameters_mlp_2x(C, bias):
 def check_block_parameters(fn):
     hint = "two LayerNorms, four C x C Linears, C -> 4C and 4C -> C; biases when bias"
     if fn is None:
-        return _not_answered(3, hint)
+        return not_answered(3, hint)
     for C in (8, 48, 128):
         for bias in (False, True):
             got = fn(C, bias)
             if got is None:
-                return _not_answered(3, hint)
+                return not_answered(3, hint)
             expected = Block(GPTConfig(n_embd=C, n_head=4, bias=bias)).num_parameters()
             assert got == expected, f"Exercise 3: a Block with C={C}, bias={bias} has " \
                                     f"{expected:,} parameters, not {got!r}"
-    return _correct(3)
+    return correct(3)
 
 
 CHECKS = [

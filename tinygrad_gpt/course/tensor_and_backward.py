@@ -28,6 +28,7 @@ from tensor.tensor import make
 
 from ..gradcheck import check_learner
 from ..trace import OpRecord, Trace
+from . import correct, not_answered
 
 # ----- the graph: recorded, written as DOT, drawn ---------------------------------------------
 
@@ -154,16 +155,6 @@ def render_dot(dot):
 # ----- helpers of the checks ------------------------------------------------------------------
 
 
-def _not_answered(number, hint):
-    print(f"Exercise {number}: not answered yet ({hint})")
-    return False
-
-
-def _correct(number, detail=""):
-    print(f"Exercise {number}: correct" + (f" ({detail})" if detail else ""))
-    return True
-
-
 def _backward_of(op, inputs, number):
     """Build op on float64 Tensors and call its recorded backward once; None when that
     backward is still the placeholder (returns None). Asserts it returns one per input."""
@@ -205,7 +196,7 @@ def answer_chain_rule():
 def check_chain_rule(answer):
     """answer: (df/da, df/db) for f(a, b) = log(a * b + a) at a = 2, b = 3."""
     if answer is None:
-        return _not_answered(1, "write s = a*b + a, then df/da and df/db; a appears twice")
+        return not_answered(1, "write s = a*b + a, then df/da and df/db; a appears twice")
     assert np.shape(answer) == (2,), "Exercise 1: give two numbers, (df/da, df/db)"
     da, db = chain_rule_reference()
     assert abs(answer[1] - db) < 1e-6, f"Exercise 1: df/db = {answer[1]} is wrong: " \
@@ -213,7 +204,7 @@ def check_chain_rule(answer):
     assert abs(answer[0] - da) < 1e-6, f"Exercise 1: df/da = {answer[0]} is wrong" + \
         (": a reaches s along two paths (a*b and + a): add both" if abs(answer[0] - 3 / 8)
          < 1e-6 else ": df/da = (df/ds) (ds/da)")
-    return _correct(1, f"backward() gives df/da = {da:.4f}, df/db = {db:.4f}")
+    return correct(1, f"backward() gives df/da = {da:.4f}, df/db = {db:.4f}")
 
 
 # ----- exercise 2: a new op, sigmoid --------------------------------------------------------
@@ -241,7 +232,7 @@ def check_sigmoid(fn):
     """fn(x) -> Tensor: y = 1 / (1 + exp(-x)) made with make; gradchecked on random shapes."""
     rng = np.random.default_rng(0)
     if fn is None or _backward_of(fn, [rng.standard_normal(3)], 2) is None:
-        return _not_answered(2, "d sigmoid/dx can be written with y alone; return (dx,)")
+        return not_answered(2, "d sigmoid/dx can be written with y alone; return (dx,)")
     for shape in [(1,), (5,), (2, 3)]:
         x = 3 * rng.standard_normal(shape)
         out = fn(Tensor(x, dtype=np.float64))
@@ -250,7 +241,7 @@ def check_sigmoid(fn):
         result = gradcheck(fn, [x])
         assert result.ok, "Exercise 2: backward disagrees with finite differences:\n" + \
             result.report()
-    return _correct(2, "gradcheck agrees on shapes (1,), (5,), (2, 3)")
+    return correct(2, "gradcheck agrees on shapes (1,), (5,), (2, 3)")
 
 
 # ----- exercise 3: mul with broadcasting, through the gradcheck CLI's learner hook -------------
@@ -282,10 +273,10 @@ def check_mul(fn, examples=20):
     rng = np.random.default_rng(0)
     if fn is None or _backward_of(fn, [rng.standard_normal((2, 3)), rng.standard_normal(3)],
                                   3) is None:
-        return _not_answered(3, "da = dy * b and db = dy * a, each unbroadcast to its shape")
+        return not_answered(3, "da = dy * b and db = dy * a, each unbroadcast to its shape")
     checks, abs_err, _, ok, note = check_learner("mul", fn, examples, 0, "cpu")
     assert ok, f"Exercise 3: case {checks} failed: {note}"
-    return _correct(3, f"{checks} random broadcast cases, max abs err {abs_err:.1e}")
+    return correct(3, f"{checks} random broadcast cases, max abs err {abs_err:.1e}")
 
 
 CHECKS = [
