@@ -12,9 +12,9 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from test_train_distributed import corpus, environment  # noqa: F401 (corpus: a fixture)
 from tinygrad_gpt import checkpoint, watchdog
 
 WORKER = Path(__file__).with_name("rank_fault_worker.py")
@@ -173,19 +173,6 @@ TINY = ["--n_layer=1", "--n_embd=16", "--n_head=2", "--block_size=8", "--batch_s
         "--eval_iters=1", "--eval_interval=3", "--always_save_checkpoint", "--sample_tokens=0",
         "--log_interval=1", "--warmup_iters=0", "--parallel=off"]
 KNOWN = ("training", "waiting for another process to build the token cache")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
-    rng = np.random.default_rng(0)
-    (folder / "c.txt").write_text("".join(rng.choice(list("abcdefgh \n"), 6000)))
-    return folder / "c.txt"
-
-
-def environment(cache):
-    return {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-            "TINYGRAD_GPT_CACHE": str(cache), "OPENBLAS_NUM_THREADS": "1"}
 
 
 def launcher_banner(stderr):
